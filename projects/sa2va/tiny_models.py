@@ -95,6 +95,9 @@ def tiny_internvl_config(vocab_size: int, image_token_id: int, eos_token_id: int
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         vocab_size=vocab_size, max_position_embeddings=4096, tie_word_embeddings=False,
         eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None,
+        # a random head with the usual 0.02 init bounds the logits (|h| is fixed by the final RMSNorm), so a
+        # frozen-head LoRA model could not fit anything; a wider init lets the tiny model learn like a real one
+        initializer_range=0.15,
     )
     tokens_per_tile = int((image_size // 14) ** 2 * 0.25)
     return InternVLConfig(

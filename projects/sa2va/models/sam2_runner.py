@@ -136,6 +136,20 @@ class SAM2TrainRunner(nn.Module):
         low_res = fpn[-1] + sam.no_mem_embed.view(1, -1, 1, 1)  # "directly add no-memory embedding" path
         return {"low_res": low_res, "high_res": high_res}
 
+    def zero_features(self, batch: int, device) -> dict:
+        """Features of the shapes :meth:`encode_images` returns, all zero, without running the image encoder.
+        The high-res projections still run (on a 1x1 zero map, broadcast) so they stay in the autograd graph."""
+        sam = self.sam2_model
+        side = sam.sam_image_embedding_size  # S/16
+        dec = sam.sam_mask_decoder
+        c = dec.conv_s0.in_channels
+        dtype = dec.conv_s0.weight.dtype
+        zero = torch.zeros(batch, c, 1, 1, device=device, dtype=dtype)
+        high_res = [dec.conv_s0(zero).expand(-1, -1, 4 * side, 4 * side),
+                    dec.conv_s1(zero).expand(-1, -1, 2 * side, 2 * side)]
+        low_res = torch.zeros(batch, sam.hidden_dim, side, side, device=device, dtype=dtype)
+        return {"low_res": low_res + sam.no_mem_embed.view(1, -1, 1, 1).to(dtype), "high_res": high_res}
+
     def decode(self, features: dict, language_embeds: torch.Tensor, image_index: torch.Tensor) -> dict:
         """Decode one mask per language embedding.
 

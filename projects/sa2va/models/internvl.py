@@ -1,0 +1,251 @@
+"""InternVL multimodal LLM (the ``mllm`` of Sa2VA) on top of native transformers.
+
+Loads an InternVL checkpoint directory in the transformers layout (``InternVLForConditionalGeneration``),
+adds Sa2VA's special tokens to the one shared tokenizer (:func:`sa2va.tokenizer.build_tokenizer`), resizes the
+embeddings, freezes what the config says, and applies LoRA with peft to the language model.
+
+Forward: tiles -> InternViT -> pixel shuffle + projector -> ``tokens_per_tile`` features per tile, scattered in
+order into the ``<IMG_CONTEXT>`` positions. Mask-captioning samples also carry ``prompt_masks`` on the thumbnail's
+token grid: after the image tokens, region r consumes the thumbnail features at the cells where its mask is set
+(row-major), inside ``<vp> ... </vp>``.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+import torch.nn as nn
+from mmengine.logging import MMLogger
+
+from ..tokenizer import DEFAULT_SPECIAL_TOKENS, IMG_CONTEXT_TOKEN, build_tokenizer
+
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "float32": torch.float32, "fp32": torch.float32}
+
+
+def _as_dtype(dtype):
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    return _DTYPES[dtype]
+
+
+def linear_leaf_names(module: nn.Module, exclude: tuple[str, ...] = ("lm_head", "output_layer")) -> list[str]:
+    """Leaf names of every ``nn.Linear`` inside ``module`` (``q_proj``, ``gate_proj``, ...), except the heads."""
+    names = {name.rsplit(".", 1)[-1] for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+    return sorted(n for n in names if n not in exclude)
+
+
+class InternVLMLLM(nn.Module):
+    """InternVL wrapper used as ``VideoLLaVASAMModel.mllm``.
+
+    Args:
+        model_path: InternVL directory in the transformers layout (``*-hf`` checkpoints, or our tiny model).
+        special_tokens: added to the tokenizer once, in order; embeddings are resized to ``len(tokenizer)``.
+        torch_dtype: dtype of the loaded weights (``'bfloat16'``, ``'float32'``, ``'auto'``).
+        attn_implementation: ``'sdpa'`` (default), ``'eager'``, ``'flash_attention_2'``, ...
+        freeze_llm / freeze_visual_encoder / freeze_projector: what stays frozen (the projector trains by default).
+        llm_lora: a peft ``LoraConfig`` (or its config dict) applied to every linear layer of the language model
+            except the head when ``target_modules`` is not given.
+        new_token_training: how the added special tokens learn. ``'rows'`` trains only their embedding and
+            lm_head rows (peft ``trainable_token_indices``); ``'full'`` trains the whole embedding and lm_head
+            (the original Sa2VA behaviour); ``'none'`` keeps them frozen.
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, special_tokens=DEFAULT_SPECIAL_TOKENS,
+                 torch_dtype="bfloat16", attn_implementation: str = "sdpa", freeze_llm: bool = True,
+                 freeze_visual_encoder: bool = True, freeze_projector: bool = False, llm_lora=None,
+                 new_token_training: str = "rows", gradient_checkpointing: bool = False):
+        super().__init__()
+        from transformers import InternVLForConditionalGeneration
+
+        if new_token_training not in ("rows", "full", "none"):
+            raise ValueError(f"new_token_training must be 'rows', 'full' or 'none', got '{new_token_training}'")
+        logger = MMLogger.get_current_instance()
+        self.model_path = os.fspath(model_path)
+        self.tokenizer = build_tokenizer(self.model_path, tuple(special_tokens))
+        self.special_tokens = tuple(special_tokens)
+        model = InternVLForConditionalGeneration.from_pretrained(
+            self.model_path, dtype=_as_dtype(torch_dtype), attn_implementation=attn_implementation)
+        old_vocab = model.get_input_embeddings().weight.shape[0]
+        if len(self.tokenizer) > old_vocab:
+            self._resize_embeddings(model, len(self.tokenizer))
+            logger.info(f"resized token embeddings {old_vocab} -> {len(self.tokenizer)} for {list(special_tokens)}")
+        self.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        if model.config.image_token_id != self.img_context_token_id:
+            raise ValueError(f"{self.model_path}: config.image_token_id={model.config.image_token_id} but the "
+                             f"tokenizer maps {IMG_CONTEXT_TOKEN} to {self.img_context_token_id}")
+        self.new_token_ids = self.tokenizer.convert_tokens_to_ids(list(special_tokens))
+
+        model.requires_grad_(False)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if llm_lora is not None or new_token_training == "rows":
+            model = self._apply_peft(model, llm_lora, new_token_training)
+        self.model = model
+        base = self.hf_model
+        base.model.multi_modal_projector.requires_grad_(not freeze_projector)
+        base.model.vision_tower.requires_grad_(not freeze_visual_encoder)
+        if not freeze_llm:
+            if llm_lora is not None:
+                raise ValueError("freeze_llm=False together with llm_lora: choose LoRA or full LLM training")
+            base.model.language_model.requires_grad_(True)
+            base.lm_head.requires_grad_(True)
+        if new_token_training == "full":
+            base.get_input_embeddings().weight.requires_grad_(True)
+            base.lm_head.weight.requires_grad_(True)
+
+        vcfg = base.config.vision_config
+        patch = vcfg.patch_size[0] if isinstance(vcfg.patch_size, (list, tuple)) else vcfg.patch_size
+        tile = vcfg.image_size[0] if isinstance(vcfg.image_size, (list, tuple)) else vcfg.image_size
+        self.tile_size = int(tile)
+        self.prompt_grid = int(tile // patch * base.config.downsample_ratio)  # 16 for 448-px tiles
+        self.tokens_per_tile = self.prompt_grid ** 2  # 256 for 448-px tiles
+        self.hidden_size = base.config.text_config.hidden_size
+
+    # -- construction helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _resize_embeddings(model, new_size: int) -> None:
+        """Grow embedding and head to ``new_size``; new rows start at the mean of the old rows (deterministic,
+        unlike transformers' sampled mean-resizing, so two builds from one checkpoint are identical)."""
+        old_size = model.get_input_embeddings().weight.shape[0]
+        model.resize_token_embeddings(new_size, mean_resizing=False)
+        with torch.no_grad():
+            for weight in {id(w): w for w in (model.get_input_embeddings().weight, model.lm_head.weight)}.values():
+                weight[old_size:] = weight[:old_size].mean(0, keepdim=True)
+
+    def _apply_peft(self, model, llm_lora, new_token_training):
+        from peft import LoraConfig, TrainableTokensConfig, get_peft_model
+
+        embed = model.get_input_embeddings()
+        tied = model.lm_head.weight.data_ptr() == embed.weight.data_ptr()
+        token_targets = None
+        if new_token_training == "rows":
+            # tied heads follow the embedding automatically; untied ones need their own rows
+            token_targets = {"embed_tokens": list(self.new_token_ids)}
+            if not tied:
+                token_targets["lm_head"] = list(self.new_token_ids)
+        if llm_lora is None:  # new-token rows only, no LoRA
+            return get_peft_model(model, TrainableTokensConfig(target_modules=list(token_targets),
+                                                               token_indices=list(self.new_token_ids)))
+        if isinstance(llm_lora, dict):
+            llm_lora = LoraConfig(**{k: v for k, v in llm_lora.items() if k != "type"})
+        if llm_lora.task_type not in (None, "FEATURE_EXTRACTION"):
+            MMLogger.get_current_instance().warning(
+                f"llm_lora.task_type={llm_lora.task_type} ignored: LoRA is applied to the InternVL language model")
+            llm_lora.task_type = None
+        if llm_lora.target_modules is None:
+            names = linear_leaf_names(model.model.language_model)
+            llm_lora.target_modules = rf"^model\.language_model\..*\.({'|'.join(map(re.escape, names))})$"
+        if token_targets is not None:
+            llm_lora.trainable_token_indices = token_targets
+        return get_peft_model(model, llm_lora)
+
+    @property
+    def hf_model(self):
+        """The ``InternVLForConditionalGeneration`` (inside the peft wrapper when LoRA is on)."""
+        from peft import PeftModel
+
+        return self.model.base_model.model if isinstance(self.model, PeftModel) else self.model
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.hf_model.model.language_model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.hf_model.lm_head
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.hf_model.get_input_embeddings()(input_ids)
+
+    # -- vision -----------------------------------------------------------------------------------------------
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """tiles [T,3,s,s] -> features [T, tokens_per_tile, D]."""
+        base = self.hf_model
+        out = base.model.get_image_features(
+            pixel_values=pixel_values.to(base.dtype),
+            vision_feature_layer=base.config.vision_feature_layer,
+            vision_feature_select_strategy=base.config.vision_feature_select_strategy,
+        )
+        return out.pooler_output if hasattr(out, "pooler_output") else out
+
+    def visual_embeddings(self, pixel_values, num_tiles, prompt_masks) -> list[torch.Tensor]:
+        """Per sample: the features that fill its ``<IMG_CONTEXT>`` positions, in order: all tiles' tokens, then
+        for each region the thumbnail (last tile) tokens at the region's cells. Returns a list of [n_i, D]."""
+        feats = self.image_features(pixel_values)  # [sum T, n, D]
+        per_sample, offset = [], 0
+        for i, t in enumerate(num_tiles):
+            if t == 0:
+                per_sample.append(feats.new_zeros(0, feats.shape[-1]))
+                continue
+            tiles = feats[offset:offset + t]  # [T,n,D]
+            offset += t
+            parts = [tiles.flatten(0, 1)]
+            if prompt_masks is not None and prompt_masks[i] is not None:
+                thumb = tiles[-1]  # [n,D]
+                cells = prompt_masks[i].flatten(1).bool()  # [R, g*g]
+                if cells.shape[1] != thumb.shape[0]:
+                    raise ValueError(f"batch index {i}: prompt_masks grid has {cells.shape[1]} cells but a tile has "
+                                     f"{thumb.shape[0]} tokens ({self.prompt_grid}x{self.prompt_grid} expected)")
+                parts += [thumb[c] for c in cells]
+            per_sample.append(torch.cat(parts))
+        if offset != feats.shape[0]:
+            raise ValueError(f"num_tiles sums to {offset} but pixel_values holds {feats.shape[0]} tiles")
+        return per_sample
+
+    def input_embeddings(self, input_ids, pixel_values=None, num_tiles=None, prompt_masks=None) -> torch.Tensor:
+        """Token embeddings with visual features scattered into the ``<IMG_CONTEXT>`` positions. -> [B,L,D]"""
+        embeds = self.embed_tokens(input_ids)  # [B,L,D]
+        is_ctx = input_ids == self.img_context_token_id  # [B,L]
+        if pixel_values is None:
+            n_ctx = is_ctx.sum(1).tolist()
+            if any(n_ctx):
+                bad = [i for i, n in enumerate(n_ctx) if n]
+                raise ValueError(f"batch index {bad[0]}: {n_ctx[bad[0]]} <IMG_CONTEXT> tokens but no pixel_values")
+            # keep the projector in the graph so DDP/ZeRO see a gradient for it
+            proj = self.hf_model.model.multi_modal_projector
+            dummy = proj(embeds.new_zeros(1, 1, proj.layer_norm.normalized_shape[0]))
+            return embeds + dummy.sum() * 0.0
+        if num_tiles is None:
+            num_tiles = [pixel_values.shape[0] // input_ids.shape[0]] * input_ids.shape[0]
+        visual = self.visual_embeddings(pixel_values, num_tiles, prompt_masks)
+        n_ctx = is_ctx.sum(1).tolist()
+        for i, (n, v) in enumerate(zip(n_ctx, visual)):
+            if n != v.shape[0]:
+                regions = 0 if prompt_masks is None or prompt_masks[i] is None else int(prompt_masks[i].sum())
+                raise ValueError(
+                    f"batch index {i}: {n} <IMG_CONTEXT> tokens but {v.shape[0]} visual features "
+                    f"({num_tiles[i]} tiles x {self.tokens_per_tile} + {regions} region cells); "
+                    f"was the sequence truncated or built for another tile size?")
+        visual = torch.cat(visual).to(embeds.dtype)
+        return embeds.masked_scatter(is_ctx[..., None], visual)
+
+    # -- language model -------------------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask=None, position_ids=None, pixel_values=None, num_tiles=None,
+                prompt_masks=None, labels=None, **unused) -> dict:
+        """Returns ``{'hidden_states': [B,L,D] final-layer (normed) states, 'loss': LM loss or None}``."""
+        embeds = self.input_embeddings(input_ids, pixel_values, num_tiles, prompt_masks)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False)
+        hidden = out.last_hidden_state  # [B,L,D]
+        loss = self.lm_loss(hidden, labels) if labels is not None else None
+        return {"hidden_states": hidden, "loss": loss}
+
+    def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Next-token CE averaged over supervised tokens; the head runs only on supervised positions."""
+        shift_labels = labels[:, 1:]
+        supervised = shift_labels != -100  # [B,L-1]
+        h = hidden[:, :-1][supervised]  # [n_sup,D]
+        if h.shape[0] == 0:  # nothing supervised: a zero that keeps the head in the graph
+            return self.lm_head(hidden[:, :1]).sum() * 0.0
+        logits = self.lm_head(h).float()  # [n_sup,V]
+        return nn.functional.cross_entropy(logits, shift_labels[supervised])
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+
+# Name used by the original Sa2VA configs (there is no slow/fast pathway here).
+InternVL_Slowfast = InternVLMLLM

@@ -1,0 +1,241 @@
+"""VideoLLaVASAMModel: InternVL + SAM2 joined by the ``[SEG]`` token, trained with LM + mask losses.
+
+One forward pass (``mode='loss'``) returns ``{'llm_loss', 'loss_mask', 'loss_dice'}`` (mmengine sums every key
+containing "loss"):
+1. the MLLM embeds tokens, scatters image (and region) features, runs the LLM -> final-layer hidden states [B,L,D]
+   and the next-token loss;
+2. hidden states at each ``[SEG]`` *input* position (no shift) -> ``text_hidden_fcs`` -> SAM2 prompt [N,C];
+3. SAM2 encodes each image once; its features are repeated per object; the decoder predicts low-res logits [N,h,w];
+4. GT masks are resized (nearest) to [N,h,w]; sigmoid-CE and Dice on uncertainty-sampled points (or full maps).
+Batches without masks give exact-zero mask losses while still touching every trainable parameter, without running
+the SAM2 image encoder.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModel
+
+from ..registry import BUILDER
+from ..tokenizer import SEG_TOKEN
+from .point_sampling import point_sample, uncertain_point_coords_with_randomness
+
+
+def _build(cfg_or_module):
+    return BUILDER.build(cfg_or_module) if isinstance(cfg_or_module, dict) else cfg_or_module
+
+
+class VideoLLaVASAMModel(BaseModel):
+    """Sa2VA training model.
+
+    Args:
+        mllm: :class:`InternVLMLLM` (or its config dict); it owns the tokenizer.
+        grounding_encoder: :class:`SAM2TrainRunner` (or its config dict).
+        loss_mask: ``CrossEntropyLoss(use_sigmoid=True, loss_weight=2.0)`` config.
+        loss_dice: ``DiceLoss(naive_dice=True, eps=1.0, loss_weight=0.5)`` config.
+        pretrained_pth: a checkpoint of this model's trainable weights (``{'state_dict': ...}`` or a bare dict),
+            loaded after building.
+        loss_sample_points: compute mask losses on ``num_points`` uncertainty-sampled points (else full maps).
+        num_objects_per_frame: if set, every frame is trimmed/repeated to exactly this many (prompt, mask) pairs
+            (the original's fixed 5); ``None`` uses all objects as given.
+        skip_seg_mask_mismatch: a sample whose ``[SEG]`` count differs from its mask count raises by default;
+            with this flag its masks are skipped and counted in ``self.num_skipped_mismatch`` with a warning.
+        frozen_sam2_decoder: also freeze SAM2's mask decoder.
+    """
+
+    def __init__(self, mllm, grounding_encoder, loss_mask=None, loss_dice=None, pretrained_pth=None,
+                 loss_sample_points: bool = True, num_points: int = 12544, oversample_ratio: float = 3.0,
+                 importance_sample_ratio: float = 0.75, num_objects_per_frame: int | None = None,
+                 skip_seg_mask_mismatch: bool = False, frozen_sam2_decoder: bool = False, data_preprocessor=None):
+        super().__init__(data_preprocessor=data_preprocessor)
+        self.mllm = _build(mllm)
+        self.grounding_encoder = _build(grounding_encoder)
+        if frozen_sam2_decoder:
+            self.grounding_encoder.sam2_model.sam_mask_decoder.requires_grad_(False)
+        self.tokenizer = self.mllm.tokenizer
+        self.seg_token_idx = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
+        if self.seg_token_idx is None or self.seg_token_idx == self.tokenizer.unk_token_id:
+            raise ValueError(f"'{SEG_TOKEN}' is not in the tokenizer: add it to mllm.special_tokens")
+
+        d_llm, d_sam = self.mllm.hidden_size, self.grounding_encoder.hidden_dim
+        self.text_hidden_fcs = nn.Sequential(
+            nn.Linear(d_llm, d_llm), nn.ReLU(inplace=True), nn.Linear(d_llm, d_sam), nn.Dropout(0.0))
+        self.loss_mask = _build(loss_mask) if loss_mask is not None else None
+        self.loss_dice = _build(loss_dice) if loss_dice is not None else None
+        self.loss_sample_points = loss_sample_points
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.num_objects_per_frame = num_objects_per_frame
+        self.skip_seg_mask_mismatch = skip_seg_mask_mismatch
+        self.num_skipped_mismatch = 0
+        if pretrained_pth is not None:
+            self.load_pretrained(pretrained_pth)
+
+    # -- checkpoints: trainable weights only ----------------------------------------------------------------
+    def trainable_keys(self, prefix: str = "") -> set[str]:
+        return {prefix + n for n, p in self.named_parameters() if p.requires_grad}
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Only trainable weights (LoRA, new-token rows, projector, SAM2 decoder, text_hidden_fcs)."""
+        if args:  # legacy positional form (destination, prefix, keep_vars)
+            destination, prefix, keep_vars = (list(args) + [destination, prefix, keep_vars][len(args):])[:3]
+        sd = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        keep = self.trainable_keys(prefix)
+        for k in [k for k in sd if k.startswith(prefix) and k not in keep]:
+            del sd[k]
+        return sd
+
+    def full_state_dict(self) -> dict:
+        """Every weight (frozen included), for export."""
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a trainable-weights dict. ``strict`` checks that no key is unknown and no trainable weight is
+        missing (frozen weights come from the pretrained checkpoints)."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if strict:
+            missing = sorted(set(result.missing_keys) & self.trainable_keys())
+            if missing or result.unexpected_keys:
+                raise RuntimeError(f"checkpoint does not match the model: missing trainable {missing[:10]}"
+                                   f"{' ...' if len(missing) > 10 else ''}, unexpected "
+                                   f"{sorted(result.unexpected_keys)[:10]}")
+        return result
+
+    def load_pretrained(self, path: str | os.PathLike) -> None:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        result = self.load_state_dict(state, strict=False)
+        n_loaded = len(state) - len(result.unexpected_keys)
+        if n_loaded == 0:
+            raise RuntimeError(f"pretrained_pth {path}: none of its {len(state)} keys match this model "
+                               f"(first: {list(state)[:3]})")
+        MMLogger.get_current_instance().info(
+            f"loaded {n_loaded} tensors from pretrained_pth {path}; {len(result.unexpected_keys)} unexpected keys ignored")
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def forward(self, data: dict, data_samples=None, mode: str = "loss"):
+        if mode == "loss":
+            return self.compute_loss(data)
+        if mode in ("tensor", "predict"):
+            return self.predict_masks(data)
+        raise ValueError(f"unknown mode '{mode}'")
+
+    def _seg_embeddings(self, data, hidden):
+        """Prompts for SAM2 and the per-object bookkeeping.
+
+        Returns (prompts [N,C], image_index [N], gt_masks list of [n,H,W] in the same order, frames [F,3,S,S])
+        or None when the batch has nothing to segment.
+        """
+        input_ids = data["input_ids"]
+        masks = data.get("masks") or [None] * input_ids.shape[0]
+        g_pixels = data.get("g_pixel_values") or [None] * input_ids.shape[0]
+        seg_counts = (input_ids == self.seg_token_idx).sum(1).tolist()
+        prompts_all = self.text_hidden_fcs(hidden)  # [B,L,C]
+        prompts, image_index, gts, frames = [], [], [], []
+        for i, (m, g, n_seg) in enumerate(zip(masks, g_pixels, seg_counts)):
+            if m is None or g is None:
+                if n_seg and m is None and g is not None:
+                    raise ValueError(f"batch index {i}: {n_seg} [SEG] tokens but no masks")
+                continue
+            n_frames = g.shape[0] if g.dim() == 4 else 1
+            if m.shape[0] % n_frames:
+                raise ValueError(f"batch index {i}: {m.shape[0]} masks is not a multiple of {n_frames} frames")
+            n_obj = m.shape[0] // n_frames
+            if n_obj != n_seg:
+                msg = (f"batch index {i}: {n_seg} [SEG] tokens but {n_obj} masks per frame; [SEG] i must pair "
+                       f"with mask i (was the text truncated?)")
+                if not self.skip_seg_mask_mismatch:
+                    raise ValueError(msg)
+                self.num_skipped_mismatch += 1
+                MMLogger.get_current_instance().warning(msg + f" -> skipped ({self.num_skipped_mismatch} so far)")
+                continue
+            emb = prompts_all[i][input_ids[i] == self.seg_token_idx]  # [n_obj,C]
+            gt = m.view(n_obj, n_frames, *m.shape[-2:])  # object-major layout
+            frame_imgs = g if g.dim() == 4 else g[None]
+            for f in range(n_frames):
+                e, t = emb, gt[:, f]
+                if self.num_objects_per_frame:
+                    e, t = self._fix_object_number(e, t)
+                prompts.append(e)
+                gts.append(t)
+                image_index += [len(frames)] * e.shape[0]
+                frames.append(frame_imgs[f])
+        if not prompts:
+            return None
+        return (torch.cat(prompts), torch.tensor(image_index, device=hidden.device), gts, torch.stack(frames))
+
+    def _fix_object_number(self, emb, gt):
+        """Exactly ``num_objects_per_frame`` pairs: a random subset if more, repeated if fewer."""
+        k = self.num_objects_per_frame
+        if emb.shape[0] > k:
+            idx = torch.randperm(emb.shape[0], device=emb.device)[:k]
+            return emb[idx], gt[idx.to(gt.device)]
+        reps = k // emb.shape[0] + 1
+        return emb.repeat(reps, 1)[:k], gt.repeat(reps, 1, 1)[:k]
+
+    def compute_loss(self, data: dict) -> dict:
+        out = self.mllm(**{k: data.get(k) for k in ("input_ids", "attention_mask", "position_ids", "pixel_values",
+                                                   "num_tiles", "prompt_masks", "labels")})
+        hidden = out["hidden_states"]
+        seg = self._seg_embeddings(data, hidden)
+        if seg is None:
+            zero = self._zero_mask_term(hidden)
+            return {"llm_loss": out["loss"], "loss_mask": zero, "loss_dice": zero.clone()}
+        prompts, image_index, gts, frames = seg
+        sam_out = self.grounding_encoder(frames, prompts, image_index)
+        pred = sam_out["masks"]  # [N,h,w] logits
+        gt = torch.cat([F.interpolate(t[None].float(), size=pred.shape[-2:], mode="nearest")[0] for t in gts])
+        loss_mask, loss_dice = self.mask_losses(pred, gt)
+        return {"llm_loss": out["loss"], "loss_mask": loss_mask + sam_out["aux"], "loss_dice": loss_dice}
+
+    def mask_losses(self, pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pred logits [N,h,w], gt 0/1 [N,h,w] -> (sigmoid-CE, Dice) with the original's avg factors."""
+        n = pred.shape[0]
+        pred = pred.float()
+        if self.loss_sample_points:
+            with torch.no_grad():
+                coords = uncertain_point_coords_with_randomness(
+                    pred[:, None], self.num_points, self.oversample_ratio, self.importance_sample_ratio)
+                gt_pts = point_sample(gt[:, None].float(), coords)[:, 0]  # [N,P] soft targets
+            pred_pts = point_sample(pred[:, None], coords)[:, 0]  # [N,P]
+            loss_dice = self.loss_dice(pred_pts, gt_pts, avg_factor=n + 1e-4)
+            loss_mask = self.loss_mask(pred_pts.reshape(-1), gt_pts.reshape(-1),
+                                       avg_factor=pred_pts.numel() + 1e-4)
+        else:
+            loss_dice = self.loss_dice(pred.flatten(1), gt.flatten(1))
+            loss_mask = self.loss_mask(pred.flatten(), gt.flatten())
+        return loss_mask, loss_dice
+
+    def _zero_mask_term(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Exact 0.0 that still routes a (zero) gradient to text_hidden_fcs and the SAM2 decoder, so DDP and
+        ZeRO never wait for gradients that a mask-free batch did not produce. No image encoder run."""
+        runner = self.grounding_encoder
+        prompt = self.text_hidden_fcs(hidden[:1, 0])  # [1,C]
+        features = runner.zero_features(batch=1, device=hidden.device)
+        out = runner.decode(features, prompt, torch.zeros(1, dtype=torch.long, device=hidden.device))
+        return out["masks"].sum() * 0.0 + out["aux"]
+
+    @torch.no_grad()
+    def predict_masks(self, data: dict) -> dict:
+        """Teacher-forced prediction: one low-res mask logit map per ``[SEG]`` of every sample that has a SAM2
+        image. Returns ``{'hidden_states', 'pred_masks': list per sample of [n_seg,h,w] or None}``."""
+        out = self.mllm(**{k: data.get(k) for k in ("input_ids", "attention_mask", "position_ids", "pixel_values",
+                                                   "num_tiles", "prompt_masks")})
+        hidden, input_ids = out["hidden_states"], data["input_ids"]
+        g_pixels = data.get("g_pixel_values") or [None] * input_ids.shape[0]
+        preds = []
+        for i, g in enumerate(g_pixels):
+            is_seg = input_ids[i] == self.seg_token_idx
+            if g is None or not bool(is_seg.any()):
+                preds.append(None)
+                continue
+            prompts = self.text_hidden_fcs(hidden[i][is_seg])  # [n,C]
+            index = torch.zeros(prompts.shape[0], dtype=torch.long, device=prompts.device)
+            preds.append(self.grounding_encoder(g[None] if g.dim() == 3 else g[:1], prompts, index)["masks"])
+        return {"hidden_states": hidden, "pred_masks": preds}

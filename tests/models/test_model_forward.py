@@ -1,0 +1,157 @@
+"""VideoLLaVASAMModel end to end on tiny real-architecture checkpoints."""
+import pytest
+import torch
+
+from model_helpers import caption_sample, collate, model_config, seg_sample
+from sa2va import BUILDER
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    torch.manual_seed(0)
+    return BUILDER.build(model_config(tiny_models))
+
+
+def _grads(model):
+    return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_build_from_config_and_trainable_set(model):
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    groups = {
+        "lora": [n for n in trainable if "lora_" in n],
+        "projector": [n for n in trainable if "multi_modal_projector" in n],
+        "new_token_rows": [n for n in trainable if "trainable_tokens_delta" in n],
+        "text_hidden_fcs": [n for n in trainable if n.startswith("text_hidden_fcs")],
+        "sam2_decoder": [n for n in trainable if "sam_mask_decoder" in n],
+    }
+    assert all(groups.values()), {k: len(v) for k, v in groups.items()}
+    assert sum(map(len, groups.values())) == len(trainable), "something else is trainable"
+    # the new-token rows are exactly the 5 special tokens, on the embedding and the (untied) lm_head
+    rows = dict(model.named_parameters())
+    assert [tuple(rows[n].shape) for n in groups["new_token_rows"]] == [(5, 64), (5, 64)]
+    assert not any("vision_tower" in n for n in trainable)
+    assert not any("image_encoder" in n for n in trainable)
+
+
+def test_mixed_batch_losses_and_gradients(model):
+    model.zero_grad(set_to_none=True)
+    batch = collate([seg_sample(model, n_masks=2), caption_sample(model)], model.tokenizer.pad_token_id)
+    losses = model(batch, mode="loss")
+    assert set(losses) == {"llm_loss", "loss_mask", "loss_dice"}
+    for k, v in losses.items():
+        assert v.ndim == 0 and torch.isfinite(v) and v.item() > 0, (k, v)
+    sum(losses.values()).backward()
+    grads = _grads(model)
+    missing = [n for n, g in grads.items() if g is None]
+    assert not missing, missing[:5]
+    for part in ("lora_B", "multi_modal_projector", "trainable_tokens_delta", "text_hidden_fcs",
+                 "sam_mask_decoder.output_upscaling", "sam_mask_decoder.conv_s0"):
+        assert any(g.abs().sum() > 0 for n, g in grads.items() if part in n), f"no gradient reaches {part}"
+    frozen_with_grad = [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
+    assert not frozen_with_grad
+
+
+def test_all_caption_batch_exact_zero_mask_losses(model, monkeypatch):
+    model.zero_grad(set_to_none=True)
+
+    def _fail(*a, **k):
+        raise AssertionError("SAM2 image encoder must not run on a batch without masks")
+
+    monkeypatch.setattr(model.grounding_encoder.sam2_model.image_encoder, "forward", _fail)
+    batch = collate([caption_sample(model), caption_sample(model, tiles=1, seed=3)], model.tokenizer.pad_token_id)
+    losses = model(batch, mode="loss")
+    assert losses["loss_mask"].item() == 0.0 and losses["loss_dice"].item() == 0.0
+    assert losses["llm_loss"].item() > 0
+    sum(losses.values()).backward()
+    grads = _grads(model)
+    assert all(g is not None for g in grads.values()), [n for n, g in grads.items() if g is None][:5]
+    for n, g in grads.items():
+        if "sam_mask_decoder" in n or n.startswith("text_hidden_fcs"):
+            assert g.abs().sum().item() == 0.0, n
+
+
+def test_text_only_batch_keeps_projector_in_graph(model):
+    model.zero_grad(set_to_none=True)
+    s = caption_sample(model)
+    tok = model.tokenizer
+    ids = torch.tensor(tok("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nhi", add_special_tokens=False).input_ids)
+    text = dict(input_ids=ids, labels=ids.clone(), pixel_values=None, g_pixel_values=None, masks=None,
+                prompt_masks=None, frames_per_batch=1)
+    losses = model(collate([text, dict(text)]), mode="loss")
+    sum(losses.values()).backward()
+    assert all(g is not None for g in _grads(model).values())
+
+
+def test_placeholder_feature_mismatch_names_batch_index(model):
+    good, bad = seg_sample(model), caption_sample(model)
+    bad["input_ids"] = bad["input_ids"][bad["input_ids"] != model.mllm.img_context_token_id][:5].clone()
+    bad["input_ids"] = torch.cat([bad["input_ids"], torch.tensor([model.mllm.img_context_token_id] * 3)])
+    bad["labels"] = torch.full_like(bad["input_ids"], -100)
+    with pytest.raises(ValueError, match=r"batch index 1: 3 <IMG_CONTEXT> tokens but 37 visual features"):
+        model(collate([good, bad]), mode="loss")
+
+
+def test_seg_mask_count_mismatch_raises_or_skips(model):
+    s = seg_sample(model, n_masks=2)
+    s["masks"] = s["masks"][:1]
+    batch = collate([caption_sample(model), s])
+    with pytest.raises(ValueError, match=r"batch index 1: 2 \[SEG\] tokens but 1 masks"):
+        model(batch, mode="loss")
+    model.skip_seg_mask_mismatch = True
+    try:
+        before = model.num_skipped_mismatch
+        losses = model(batch, mode="loss")
+        assert model.num_skipped_mismatch == before + 1
+        assert losses["loss_mask"].item() == 0.0
+    finally:
+        model.skip_seg_mask_mismatch = False
+
+
+def test_fixed_number_of_objects_option(tiny_models):
+    torch.manual_seed(0)
+    m = BUILDER.build(model_config(tiny_models, num_objects_per_frame=5, loss_sample_points=False))
+    e = torch.randn(2, 4)
+    gt = torch.zeros(2, 3, 3)
+    gt[1] = 1
+    e5, gt5 = m._fix_object_number(e, gt)
+    assert e5.shape == (5, 4) and gt5.shape == (5, 3, 3)
+    assert torch.equal(e5[2], e[0]) and torch.equal(gt5[3], gt[1])
+    losses = m(collate([seg_sample(m, n_masks=2)]), mode="loss")
+    assert torch.isfinite(losses["loss_mask"])
+
+
+def test_predict_mode_returns_one_mask_per_seg(model):
+    batch = collate([seg_sample(model, n_masks=3), caption_sample(model)])
+    out = model(batch, mode="predict")
+    side = model.grounding_encoder.image_size // 4
+    assert out["pred_masks"][0].shape == (3, side, side)
+    assert out["pred_masks"][1] is None
+
+
+def test_video_sample_frames_are_object_major(tiny_models):
+    """frames_per_batch > 1: masks [n_obj*F,H,W] object-major, each frame decoded with the same [SEG] prompt."""
+    torch.manual_seed(0)
+    m = BUILDER.build(model_config(tiny_models, loss_sample_points=False))
+    s = seg_sample(m, n_masks=2)
+    size = m.grounding_encoder.image_size
+    s["g_pixel_values"] = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)  # 3 frames
+    s["masks"] = s["masks"].repeat_interleave(3, dim=0)  # [obj0 f0, obj0 f1, obj0 f2, obj1 f0, ...]
+    s["frames_per_batch"] = 3
+    prompts, image_index, gts, frames = m._seg_embeddings(collate([s]), torch.randn(1, len(s["input_ids"]), 64))
+    assert frames.shape == (3, 3, size, size)
+    assert image_index.tolist() == [0, 0, 1, 1, 2, 2]
+    assert len(gts) == 3 and all(torch.equal(g, s["masks"][::3]) for g in gts)
+    assert torch.equal(prompts[:2], prompts[2:4])
+    losses = m(collate([s]), mode="loss")
+    assert torch.isfinite(losses["loss_dice"])
+
+
+def test_gradient_checkpointing_switch(tiny_models):
+    cfg = model_config(tiny_models)
+    cfg["mllm"]["gradient_checkpointing"] = True
+    m = BUILDER.build(cfg)
+    assert m.mllm.language_model.is_gradient_checkpointing
+    losses = m(collate([seg_sample(m), caption_sample(m)]), mode="loss")
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
