@@ -1,0 +1,70 @@
+"""Dataset items -> one batch, exactly as docs/batch_layout.md specifies.
+
+Use in a config: ``collate_fn=dict(type=sa2va_collate_fn, pad_token_id=<tokenizer.pad_token_id>)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from .encoding import IGNORE_INDEX
+
+
+def _record(item: dict, index: int) -> str:
+    return item.get("record_id") or f"batch item {index}"
+
+
+def sa2va_collate_fn(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
+    """Right-pad token sequences and gather the per-sample vision inputs.
+
+    Returns ``{'data': data, 'data_samples': None}`` with ``data`` holding ``input_ids``, ``labels``,
+    ``attention_mask``, ``position_ids`` (all ``[B, Lmax]``), ``pixel_values`` (``[sum T_i, 3, s, s]`` or None),
+    ``num_tiles``, ``g_pixel_values``, ``masks``, ``prompt_masks`` and ``frames_per_batch`` (lists of length B).
+    """
+    if not instances:
+        raise ValueError("sa2va_collate_fn: empty batch")
+    for i, item in enumerate(instances):
+        if item["input_ids"].shape != item["labels"].shape or item["input_ids"].dim() != 1:
+            raise ValueError(f"{_record(item, i)}: input_ids {tuple(item['input_ids'].shape)} and labels "
+                             f"{tuple(item['labels'].shape)} must be 1-D of equal length")
+        if item.get("masks") is not None and item.get("g_pixel_values") is None:
+            raise ValueError(f"{_record(item, i)}: has masks but no g_pixel_values")
+
+    input_ids = pad_sequence([x["input_ids"] for x in instances], batch_first=True,
+                             padding_value=pad_token_id)                                   # [B, Lmax]
+    labels = pad_sequence([x["labels"] for x in instances], batch_first=True,
+                          padding_value=IGNORE_INDEX)                                      # [B, Lmax]
+    seq_lens = torch.tensor([len(x["input_ids"]) for x in instances])                     # [B]
+    max_len = input_ids.shape[1]
+    positions = torch.arange(max_len)                                                      # [Lmax]
+    attention_mask = positions[None, :] < seq_lens[:, None]                                # [B, Lmax] bool
+    position_ids = positions[None, :].expand(len(instances), -1).clone()                   # [B, Lmax]
+
+    tiles = [x.get("pixel_values") for x in instances]
+    num_tiles = [0 if t is None else int(t.shape[0]) for t in tiles]
+    present = [t for t in tiles if t is not None]
+    if present:
+        tile_shapes = {tuple(t.shape[1:]) for t in present}
+        if len(tile_shapes) > 1:
+            shapes = {_record(x, i): tuple(x["pixel_values"].shape[1:])
+                      for i, x in enumerate(instances) if x.get("pixel_values") is not None}
+            raise ValueError(f"tiles of different shapes in one batch: {shapes}")
+        pixel_values = torch.cat(present, dim=0)                                           # [sum T_i, 3, s, s]
+    else:
+        pixel_values = None
+
+    data = dict(
+        input_ids=input_ids,
+        labels=labels,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        pixel_values=pixel_values,
+        num_tiles=num_tiles,
+        g_pixel_values=[x.get("g_pixel_values") if x.get("masks") is not None else None for x in instances],
+        masks=[x.get("masks") for x in instances],
+        prompt_masks=[x.get("prompt_masks") for x in instances],
+        frames_per_batch=[int(x.get("frames_per_batch", 1)) for x in instances],
+    )
+    return {"data": data, "data_samples": None}

@@ -1,0 +1,132 @@
+"""A sampler that puts items of similar token length (and the same modality) in the same batch.
+
+One epoch's order, for ``seed`` and ``epoch`` (the same on every rank):
+
+1. split the items by the sign of their ``length``: image items (>= 0) and text-only items (< 0);
+2. per modality: shuffle, cut into mega-batches of ``group * mega_batch_mult`` items
+   (``group = per_device_batch_size * world_size``, one optimizer step over all ranks), sort each mega-batch by
+   ``|length|`` (longest first) and cut it into groups; so a group holds items of similar length and one modality;
+3. shuffle the full groups of both modalities together; the at most two partial groups go last (these may mix
+   modalities); the longest item goes first (an out-of-memory shows at step one): its group is swapped to the
+   front, or, if it is in the partial tail, the item itself is swapped with the first item;
+4. ``round_up``: repeat the order from its start up to a multiple of ``group`` (every rank, every step full);
+   otherwise drop the tail down to a multiple of ``world_size``;
+5. rank ``r`` takes ``order[r::world_size]``: within each group, every rank gets ``per_device_batch_size`` items.
+
+Config: ``sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts)``
+(the original Sa2VA grouped over the accumulation steps too); mmengine passes ``dataset`` and ``seed``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from mmengine.dist import get_dist_info, sync_random_seed
+from torch.utils.data import Sampler
+
+
+def _dataset_lengths(dataset, length_property: str) -> np.ndarray:
+    for attr in (length_property, f"{length_property}s"):
+        lengths = getattr(dataset, attr, None)
+        if lengths is not None and not callable(lengths):
+            lengths = np.asarray(list(lengths), dtype=np.int64)
+            if lengths.shape != (len(dataset),):
+                raise ValueError(f"LengthGroupedSampler: dataset.{attr} has shape {lengths.shape}, "
+                                 f"expected ({len(dataset)},)")
+            return lengths
+    raise TypeError(f"LengthGroupedSampler: {type(dataset).__name__} has no '{length_property}' or "
+                    f"'{length_property}s' attribute with one length per item")
+
+
+def length_grouped_order(lengths: np.ndarray, group_size: int, mega_batch_mult: int,
+                         generator: torch.Generator) -> list[int]:
+    """Steps 1-3 above: all indices of ``lengths``, in groups of ``group_size`` of similar length and modality."""
+    lengths = np.asarray(lengths)
+    mega_size = group_size * mega_batch_mult
+    full_groups: list[list[int]] = []
+    partial: list[int] = []
+    for members in (np.flatnonzero(lengths >= 0), np.flatnonzero(lengths < 0)):  # image items, text-only items
+        if members.size == 0:
+            continue
+        shuffled = members[torch.randperm(members.size, generator=generator).numpy()]
+        for start in range(0, shuffled.size, mega_size):
+            mega = shuffled[start:start + mega_size]
+            mega = mega[np.argsort(-np.abs(lengths[mega]), kind="stable")]  # longest first
+            groups = [mega[i:i + group_size].tolist() for i in range(0, mega.size, group_size)]
+            if len(groups[-1]) < group_size:
+                partial += groups.pop()
+            full_groups += groups
+    full_groups = [full_groups[i] for i in torch.randperm(len(full_groups), generator=generator).tolist()]
+    order = [i for g in full_groups for i in g] + partial
+    # the longest item first: swap its whole group to the front, or (if it sits in the partial tail) the item itself
+    at = int(np.argmax(np.abs(lengths[order])))
+    if at < len(order) - len(partial):
+        g = at // group_size
+        full_groups[0], full_groups[g] = full_groups[g], full_groups[0]
+        order = [i for grp in full_groups for i in grp] + partial
+    else:
+        order[0], order[at] = order[at], order[0]
+    return order
+
+
+class LengthGroupedSampler(Sampler):
+    """Length- and modality-grouped, deterministic per (seed, epoch), equal count on every rank.
+
+    Args:
+        dataset: has a ``length_property`` (or ``length_property + 's'``) attribute: one int per item, the real
+            token count, negative for text-only items (``ConcatDataset.lengths``).
+        per_device_batch_size: items per rank per step (``batch_size * accumulative_counts`` to group over
+            gradient accumulation as the original did).
+        length_property: attribute name, see ``dataset``; ``'modality_length'`` reads xtuner-style datasets.
+        mega_batch_mult: groups per mega-batch (the span over which lengths are sorted); default
+            ``clip(len // (4 * group), 1, 50)``.
+        seed: shuffling seed; None draws one and syncs it across ranks.
+        round_up: pad the epoch by repetition to a multiple of ``per_device_batch_size * world_size``;
+            False drops the tail down to a multiple of ``world_size``.
+    """
+
+    def __init__(self, dataset, per_device_batch_size: int, length_property: str = "length",
+                 mega_batch_mult: int | None = None, seed: int | None = None, round_up: bool = True):
+        if per_device_batch_size < 1:
+            raise ValueError(f"per_device_batch_size must be >= 1, got {per_device_batch_size}")
+        self.rank, self.world_size = get_dist_info()
+        self.lengths = _dataset_lengths(dataset, length_property)
+        if self.lengths.size == 0:
+            raise ValueError("LengthGroupedSampler: empty dataset")
+        self.group_size = per_device_batch_size * self.world_size
+        if mega_batch_mult is None:
+            mega_batch_mult = min(max(self.lengths.size // (4 * self.group_size), 1), 50)
+        if mega_batch_mult < 1:
+            raise ValueError(f"mega_batch_mult must be >= 1, got {mega_batch_mult}")
+        self.mega_batch_mult = mega_batch_mult
+        self.seed = sync_random_seed() if seed is None else int(seed)
+        self.round_up = round_up
+        self.epoch = 0
+        n = self.lengths.size
+        if round_up:
+            self.total_size = math.ceil(n / self.group_size) * self.group_size
+        else:
+            self.total_size = n // self.world_size * self.world_size
+            if self.total_size == 0:
+                raise ValueError(f"LengthGroupedSampler: {n} items for {self.world_size} ranks with round_up=False")
+        self.num_samples = self.total_size // self.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_order(self) -> list[int]:
+        """The whole epoch's order over all ranks (before splitting by rank)."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = length_grouped_order(self.lengths, self.group_size, self.mega_batch_mult, generator)
+        if self.round_up:
+            order = (order * math.ceil(self.total_size / len(order)))[:self.total_size]
+        return order[:self.total_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_order()[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return self.num_samples

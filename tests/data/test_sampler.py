@@ -1,0 +1,108 @@
+"""LengthGroupedSampler: grouping by length and modality, determinism, equal counts per rank."""
+import numpy as np
+import pytest
+
+import sa2va.datasets.samplers as samplers_mod
+from sa2va.datasets import LengthGroupedSampler
+
+
+class _Lengths:
+    def __init__(self, lengths):
+        self.lengths = list(lengths)
+
+    def __len__(self):
+        return len(self.lengths)
+
+
+def _dataset(n=200, text_every=4, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(50, 5000, n)
+    lengths[::text_every] *= -1  # every 4th item text-only
+    return _Lengths(lengths.tolist())
+
+
+def _per_rank(monkeypatch, dataset, world, epoch=0, **kw):
+    orders = []
+    for rank in range(world):
+        monkeypatch.setattr(samplers_mod, "get_dist_info", lambda r=rank: (r, world))
+        s = LengthGroupedSampler(dataset, seed=3, **kw)
+        s.set_epoch(epoch)
+        orders.append(list(s))
+        assert len(s) == len(orders[-1])
+    return orders
+
+
+def test_groups_are_sorted_by_length_within_one_modality():
+    ds = _dataset()
+    s = LengthGroupedSampler(ds, per_device_batch_size=4, seed=0, mega_batch_mult=1000)  # one mega-batch
+    order = s.epoch_order()
+    lengths = np.array(ds.lengths)
+    groups = [order[i:i + 4] for i in range(0, len(order), 4)]
+    n_img, n_txt = int((lengths >= 0).sum()), int((lengths < 0).sum())
+    full = groups[: n_img // 4 + n_txt // 4]
+    for g in full:
+        signs = np.sign(lengths[g])
+        assert (signs == signs[0]).all(), "a full group mixes modalities"
+    # with one mega-batch per modality, groups are contiguous runs of the sorted lengths: tight length ranges
+    spread = np.mean([np.ptp(np.abs(lengths[g])) for g in full])
+    random_spread = np.mean([np.ptp(np.abs(lengths[g])) for g in np.random.default_rng(0).permutation(200).reshape(-1, 4)])
+    assert spread < random_spread / 10
+    # the longest item comes first
+    assert abs(lengths[order[0]]) == np.abs(lengths).max()
+
+
+def test_every_index_once_and_all_ranks_equal(monkeypatch):
+    ds = _dataset(n=203)
+    orders = _per_rank(monkeypatch, ds, world=2, per_device_batch_size=4)
+    assert len(orders[0]) == len(orders[1]) == 104  # ceil(203 / 8) * 8 / 2
+    seen = orders[0] + orders[1]
+    assert set(seen) == set(range(203))  # everything, a few repeated to round up
+    # a rank's micro-batch of 4 holds items of one modality, similar lengths (same group of 8)
+    lengths = np.array(ds.lengths)
+    s = LengthGroupedSampler(ds, per_device_batch_size=4, seed=3)
+    full = s.epoch_order()[: 8 * ((lengths >= 0).sum() // 8 + (lengths < 0).sum() // 8)]
+    for step in range(len(full) // 8):
+        group = full[step * 8:(step + 1) * 8]
+        assert len(set(np.sign(lengths[group]))) == 1
+
+
+def test_round_up_false_drops_to_world_multiple(monkeypatch):
+    orders = _per_rank(monkeypatch, _dataset(n=203), world=2, per_device_batch_size=4, round_up=False)
+    assert len(orders[0]) == len(orders[1]) == 101
+    assert len(set(orders[0] + orders[1])) == 202
+
+
+def test_deterministic_per_seed_and_epoch(monkeypatch):
+    ds = _dataset()
+    a = _per_rank(monkeypatch, ds, world=1, epoch=0, per_device_batch_size=4)
+    b = _per_rank(monkeypatch, ds, world=1, epoch=0, per_device_batch_size=4)
+    c = _per_rank(monkeypatch, ds, world=1, epoch=1, per_device_batch_size=4)
+    assert a == b and a != c
+    other_seed = LengthGroupedSampler(ds, per_device_batch_size=4, seed=4)
+    assert list(other_seed) != a[0]
+
+
+def test_single_modality_small_dataset():
+    s = LengthGroupedSampler(_Lengths([5, 1, 9, 3, 7]), per_device_batch_size=2, seed=0)
+    order = list(s)
+    assert len(order) == 6 and set(order) == {0, 1, 2, 3, 4} and order[0] == 2
+
+
+def test_reads_modality_length_and_rejects_missing():
+    class Xtuner:
+        modality_length = [100, 100, -100, 100]
+
+        def __len__(self):
+            return 4
+
+    assert sorted(LengthGroupedSampler(Xtuner(), 2, length_property="modality_length", seed=0)) == [0, 1, 2, 3]
+    with pytest.raises(TypeError, match="no 'length'"):
+        LengthGroupedSampler(object.__new__(type("NoLengths", (), {"__len__": lambda self: 3})), 2, seed=0)
+
+
+def test_built_by_mmengine_with_default_args():
+    from mmengine.registry import DATA_SAMPLERS
+
+    sampler = DATA_SAMPLERS.build(dict(type=LengthGroupedSampler, per_device_batch_size=2),
+                                  default_args=dict(dataset=_dataset(n=10), seed=5))
+    assert sampler.seed == 5 and len(sampler) == 10
