@@ -2,7 +2,9 @@
 # The test points the paths at its temporary synthetic data and tiny tokenizer with --cfg-options.
 from sa2va.datasets.collate import sa2va_collate_fn
 from sa2va.datasets.concat import ConcatDataset
+from sa2va.datasets.custom_json import CustomJsonDataset
 from sa2va.datasets.image_processing import DirectResize
+from sa2va.datasets.osprey import OspreyDataset
 from sa2va.datasets.refer import ReferRegionCaptionDataset, ReferSegmDataset
 from sa2va.datasets.samplers import LengthGroupedSampler
 from sa2va.tokenizer import build_tokenizer
@@ -23,5 +25,9 @@ train_dataloader = dict(
              repeats=2, **common),
         dict(type=ReferRegionCaptionDataset, name='refcocog_caption', data_root=data_root + '/ref_seg/refcocog',
              split_file='refs(umd).p', data_prefix=dict(img_path=image_dir), **common),
+        dict(type=OspreyDataset, name='osprey_conversation', data_path=data_root + '/osprey/osprey_conversation.json',
+             image_folder=[image_dir], **common),
+        dict(type=CustomJsonDataset, name='custom', data_root=data_root + '/custom',
+             extra_image_processor=dict(type=DirectResize, target_length=256), **common),
     ]),
 )

@@ -31,10 +31,12 @@ def synthetic(tmp_path_factory):
 
 def _options(root, *extra):
     d = "train_dataloader.dataset.datasets"
-    opts = []
-    for k, name in enumerate(("refcoco", "refcocog")):
-        opts += [f"{d}.{k}.data_root={root}/ref_seg/{name}", f"{d}.{k}.data_prefix.img_path={root}/coco2014/train2014",
-                 f"{d}.{k}.tokenizer.pretrained_model_name_or_path={tiny_internvl_dir()}"]
+    images = f"{root}/coco2014/train2014"
+    opts = [f"{d}.0.data_root={root}/ref_seg/refcoco", f"{d}.0.data_prefix.img_path={images}",
+            f"{d}.1.data_root={root}/ref_seg/refcocog", f"{d}.1.data_prefix.img_path={images}",
+            f"{d}.2.data_path={root}/osprey/osprey_conversation.json", f"{d}.2.image_folder=[{images}]",
+            f"{d}.3.data_root={root}/custom"]
+    opts += [f"{d}.{k}.tokenizer.pretrained_model_name_or_path={tiny_internvl_dir()}" for k in range(4)]
     return [CONFIG, "--cfg-options", *opts, *extra]
 
 
@@ -52,6 +54,7 @@ def test_clean_data_passes(synthetic, capsys):
     assert _tool().main(_options(synthetic)) == 0
     out = capsys.readouterr().out
     for text in ("== refcoco (ReferSegmDataset) ==", "== refcocog_caption (ReferRegionCaptionDataset) ==",
+                 "== osprey_conversation (OspreyDataset) ==", "== custom (CustomJsonDataset) ==",
                  "tokens p50/p90/p99/max", "masks per sample", "regions per sample", "truncated samples",
                  "images missing", "== epoch composition ==", "OK: every record was read"):
         assert text in out, text
@@ -79,7 +82,7 @@ def test_missing_image_fails_naming_the_record(broken, capsys):
 def test_missing_image_skipped_when_asked(broken, capsys):
     root, _, _ = broken
     d = "train_dataloader.dataset.datasets"
-    code = _tool().main(_options(root, f"{d}.0.skip_bad_records=True", f"{d}.1.skip_bad_records=True"))
+    code = _tool().main(_options(root, *[f"{d}.{k}.skip_bad_records=True" for k in range(4)]))
     out = capsys.readouterr().out
     assert code == 0, out
     refcoco = out.split("== refcoco (")[1].split("==\n")[1]

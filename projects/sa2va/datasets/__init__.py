@@ -34,8 +34,9 @@ __all__ = [
     "PROMPT_TEMPLATES", "get_template", "resolve_template", "template_from_tokenizer",
 ]
 
-# Dataset classes and their helpers (errors, masks, records, REFER, Osprey, custom json, synthetic data).
-_DATASET_MODULES = ("errors", "masks", "base", "refer", "osprey", "custom_json", "synthetic")
+# Dataset classes and their helpers (errors, masks, texts, sample building, REFER, Osprey, custom json,
+# synthetic data).
+_DATASET_MODULES = ("errors", "masks", "text", "samples", "base", "refer", "osprey", "custom_json", "synthetic")
 
 for _name in _DATASET_MODULES:
     if importlib.util.find_spec(f"{__name__}.{_name}") is None:
