@@ -107,3 +107,21 @@ def test_built_by_mmengine_with_default_args():
     sampler = DATA_SAMPLERS.build(dict(type=LengthGroupedSampler, per_device_batch_size=2),
                                   default_args=dict(dataset=_dataset(n=10), seed=5))
     assert sampler.seed == 5 and len(sampler) == 10
+
+
+def test_set_start_skips_exactly_once():
+    from sa2va.datasets.samplers import LengthGroupedSampler
+
+    class _D:
+        lengths = list(range(1, 41))
+
+        def __len__(self):
+            return 40
+
+    s = LengthGroupedSampler(_D(), per_device_batch_size=4, seed=3)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_start(12)
+    assert len(s) == len(full) - 12
+    assert list(s) == full[12:]
+    assert list(s) == full  # back to the whole epoch afterwards

@@ -104,6 +104,7 @@ class LengthGroupedSampler(Sampler):
         self.seed = sync_random_seed() if seed is None else int(seed)
         self.round_up = round_up
         self.epoch = 0
+        self.start = 0  # indices of this rank to skip at the next __iter__ (resume), then back to 0
         n = self.lengths.size
         if round_up:
             self.total_size = math.ceil(n / self.group_size) * self.group_size
@@ -116,6 +117,12 @@ class LengthGroupedSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` indices of this rank's order at the next ``__iter__`` (exact resume)."""
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"set_start({start}): a rank has {self.num_samples} indices per epoch")
+        self.start = int(start)
+
     def epoch_order(self) -> list[int]:
         """The whole epoch's order over all ranks (before splitting by rank)."""
         generator = torch.Generator()
@@ -126,7 +133,8 @@ class LengthGroupedSampler(Sampler):
         return order[:self.total_size]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_order()[self.rank::self.world_size])
+        start, self.start = self.start, 0
+        return iter(self.epoch_order()[self.rank::self.world_size][start:])
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples - self.start

@@ -1,0 +1,29 @@
+"""Assets of the zero-setup demo: tiny models + synthetic data, written on first use."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mmengine.logging import MMLogger
+
+_MARKER = "demo_assets.json"
+
+
+def make_demo_assets(root: str | os.PathLike, seed: int = 0, num_images: int = 48) -> dict:
+    """Write ``root/{tiny_internvl, tiny_sam2, data}`` unless a complete set with these arguments exists."""
+    from .datasets.synthetic import make_synthetic_data
+    from .tiny_models import make_tiny_models
+
+    root = Path(root)
+    marker = root / _MARKER
+    wanted = {"seed": seed, "num_images": num_images}
+    if marker.is_file() and json.loads(marker.read_text()).get("args") == wanted:
+        return json.loads(marker.read_text())["paths"]
+    logger = MMLogger.get_current_instance()
+    logger.info(f"writing demo assets (tiny models + {num_images} synthetic images) to {root}")
+    paths = make_tiny_models(root, seed=seed)
+    paths.update({f"data_{k}": str(v) for k, v in make_synthetic_data(root / "data", seed=seed,
+                                                                      num_images=num_images).items()})
+    marker.write_text(json.dumps({"args": wanted, "paths": paths}, indent=1))
+    return paths

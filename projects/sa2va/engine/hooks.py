@@ -1,0 +1,137 @@
+"""Training hooks for what users expect to see: throughput, loss curves, dataset and data-issue summaries."""
+from __future__ import annotations
+
+import json
+import os.path as osp
+import time
+from collections import Counter
+
+import torch
+from mmengine.dist import all_reduce, get_world_size, is_main_process
+from mmengine.hooks import Hook
+
+from ..registry import BUILDER
+
+
+def _unwrap_dataset(dataset):
+    """The datasets inside a ConcatDataset (ours exposes ``datasets``), else [dataset]."""
+    return list(getattr(dataset, "datasets", [dataset]))
+
+
+@BUILDER.register_module()
+class ThroughputHook(Hook):
+    """Logs ``train/samples_per_s`` and ``train/tokens_per_s`` (all ranks together, real tokens only)."""
+
+    priority = "NORMAL"
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self._t0 = time.perf_counter()
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        data = data_batch["data"] if isinstance(data_batch, dict) and "data" in data_batch else data_batch
+        if not isinstance(data, dict) or "input_ids" not in data:
+            return
+        dt = time.perf_counter() - self._t0
+        world = get_world_size()
+        samples = data["input_ids"].shape[0] * world
+        mask = data.get("attention_mask")
+        tokens = int(mask.sum()) if mask is not None else data["input_ids"].numel()
+        if world > 1:  # token counts differ per rank
+            t = torch.tensor([tokens], dtype=torch.float64, device=data["input_ids"].device)
+            all_reduce(t)
+            tokens = int(t.item())
+        runner.message_hub.update_scalar("train/samples_per_s", samples / dt)
+        runner.message_hub.update_scalar("train/tokens_per_s", tokens / dt)
+
+
+@BUILDER.register_module()
+class LossCurveHook(Hook):
+    """Writes ``loss_curve.png`` (every loss term and the total, per iteration) to the work dir at each
+    checkpoint and at the end, plus ``losses.jsonl`` with the raw per-iteration values."""
+
+    priority = "LOW"
+
+    def __init__(self, filename: str = "loss_curve.png"):
+        self.filename = filename
+        self.history: list[dict] = []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if not outputs:
+            return
+        row = {"iter": runner.iter + 1}
+        for k, v in outputs.items():
+            if "loss" in k:
+                row[k] = float(v.detach()) if torch.is_tensor(v) else float(v)
+        self.history.append(row)
+        if is_main_process():
+            with open(osp.join(runner.work_dir, "losses.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def after_save_checkpoint(self, runner, checkpoint):
+        self.plot(runner)
+
+    def after_train(self, runner):
+        self.plot(runner)
+
+    def plot(self, runner) -> None:
+        if not is_main_process() or not self.history:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = [k for k in self.history[0] if k != "iter"]
+        its = [r["iter"] for r in self.history]
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for k in keys:
+            ax.plot(its, [r.get(k, float("nan")) for r in self.history], label=k, linewidth=1.2)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title(osp.basename(runner.work_dir))
+        fig.tight_layout()
+        fig.savefig(osp.join(runner.work_dir, self.filename), dpi=110)
+        plt.close(fig)
+
+
+@BUILDER.register_module()
+class DatasetSummaryHook(Hook):
+    """At the start: per dataset samples, repeats and share of the epoch. At the end: records skipped or
+    truncated, per dataset and reason (counted in the main process and in dataloader workers)."""
+
+    priority = "VERY_LOW"
+
+    def before_train(self, runner):
+        dataset = runner.train_dataloader.dataset
+        rows = dataset.summary() if hasattr(dataset, "summary") else [
+            {"name": type(d).__name__, "samples": len(d), "repeats": getattr(d, "repeats", 1)}
+            for d in _unwrap_dataset(dataset)]
+        total = sum(r["samples"] for r in rows) or 1
+        lines = [f"{'dataset':<36}{'samples':>10}{'repeats':>9}{'share':>8}"]
+        for r in rows:
+            share = r.get("share", r["samples"] / total)
+            lines.append(f"{str(r['name'])[:35]:<36}{r['samples']:>10}{r.get('repeats', 1):>9}{share:>8.1%}")
+        lines.append(f"{'total':<36}{total:>10}")
+        runner.logger.info("training data:\n" + "\n".join(lines))
+
+    def after_train(self, runner):
+        counts: Counter = Counter()
+        for d in _unwrap_dataset(runner.train_dataloader.dataset):
+            name = getattr(d, "name", type(d).__name__)
+            for reason, n in getattr(d, "skip_counts", {}).items():
+                counts[(name, f"skipped: {reason}")] += n
+            trunc = getattr(d, "truncations", 0)
+            for reason, n in (trunc.items() if isinstance(trunc, dict) else [("truncated", trunc)]):
+                if n:
+                    counts[(name, f"truncated: {reason}")] += n
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        if getattr(model, "num_skipped_mismatch", 0):
+            counts[("model", "[SEG]/mask count mismatch skipped")] += model.num_skipped_mismatch
+        if not counts:
+            runner.logger.info("data issues: no record was skipped or truncated (main process counts)")
+            return
+        lines = [f"{name}: {reason}: {n}" for (name, reason), n in sorted(counts.items())]
+        runner.logger.warning("data issues during training (main process counts):\n  " + "\n  ".join(lines))

@@ -1,0 +1,67 @@
+"""Iteration-based training loop that is given epochs (like xtuner's TrainLoop) and resumes exactly.
+
+On resume, mmengine's loop re-reads (and discards) every batch already trained on. Ours positions the sampler
+instead when it supports ``set_start`` (ours do), then restores the RNG states saved with the checkpoint *after*
+the data iterator exists, so the resumed run draws exactly the random numbers the uninterrupted one drew.
+"""
+from __future__ import annotations
+
+from mmengine.runner import IterBasedTrainLoop
+from mmengine.runner.loops import _InfiniteDataloaderIterator
+
+from ..registry import BUILDER
+from .rng import set_rng_state
+
+
+@BUILDER.register_module()
+class TrainLoop(IterBasedTrainLoop):
+    """``max_epochs`` (converted to iterations with the dataloader length) or ``max_iters``."""
+
+    def __init__(self, runner, dataloader, max_epochs: float | None = None, max_iters: int | None = None,
+                 val_begin: int = 1, val_interval: int = 1000, dynamic_intervals=None):
+        if (max_epochs is None) == (max_iters is None):
+            raise ValueError("give exactly one of max_epochs or max_iters")
+        if max_iters is None:
+            loader = runner.build_dataloader(dataloader, seed=runner.seed) if isinstance(dataloader, dict) else dataloader
+            max_iters = max(1, int(max_epochs * len(loader)))
+            dataloader = loader
+        super().__init__(runner, dataloader, max_iters=max_iters, val_begin=val_begin, val_interval=val_interval,
+                         dynamic_intervals=dynamic_intervals)
+
+    def _position_data(self) -> None:
+        """Continue the data stream at iteration ``self._iter`` without loading the skipped batches."""
+        sampler = getattr(self.dataloader, "sampler", None)
+        per_epoch = len(self.dataloader)
+        epoch, offset = divmod(self._iter, per_epoch)
+        if sampler is not None and hasattr(sampler, "set_start"):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            sampler.set_start(offset * self.dataloader.batch_size)
+            self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
+            self.dataloader_iterator._epoch = epoch
+            self.runner.logger.info(f"resumed data stream at epoch {epoch}, batch {offset} (no batches re-read)")
+        else:
+            self.runner.logger.info(f"sampler cannot seek: reading {self._iter} batches to skip them")
+            for _ in range(self._iter):
+                next(self.dataloader_iterator)
+
+    def run(self):
+        self.runner.call_hook("before_train")
+        self.runner.call_hook("before_train_epoch")
+        if self._iter > 0:
+            self._position_data()  # creates the data iterator, which draws a base seed from the global RNG
+        pending = getattr(self.runner, "_pending_rng_state", None)
+        if pending is not None:
+            set_rng_state(pending)
+            self.runner._pending_rng_state = None
+        while self._iter < self._max_iters and not self.stop_training:
+            self.runner.model.train()
+            data_batch = next(self.dataloader_iterator)
+            self.run_iter(data_batch)
+            self._decide_current_val_interval()
+            if (self.runner.val_loop is not None and self._iter >= self.val_begin
+                    and (self._iter % self.val_interval == 0 or self._iter == self._max_iters)):
+                self.runner.val_loop.run()
+        self.runner.call_hook("after_train_epoch")
+        self.runner.call_hook("after_train")
+        return self.runner.model
