@@ -22,7 +22,11 @@ VP_END_TOKEN = "</vp>"
 def _load(path: str, special_tokens: tuple[str, ...], padding_side: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
+    from .hf.import_internvl import is_original_internvl, load_original_tokenizer
+
+    # original InternVL directories: their config.json is remote code, which AutoTokenizer would consult
+    load = load_original_tokenizer if is_original_internvl(path) else AutoTokenizer.from_pretrained
+    tok = load(path, padding_side=padding_side)
     missing = [t for t in (IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN) if t not in tok.get_vocab()]
     if missing:
         raise ValueError(f"tokenizer at {path} lacks InternVL image tokens {missing}: is this an InternVL checkpoint?")

@@ -66,8 +66,14 @@ class InternVLMLLM(nn.Module):
         self.model_path = os.fspath(model_path)
         self.tokenizer = build_tokenizer(self.model_path, tuple(special_tokens))
         self.special_tokens = tuple(special_tokens)
-        model = InternVLForConditionalGeneration.from_pretrained(
-            self.model_path, dtype=_as_dtype(torch_dtype), attn_implementation=attn_implementation)
+        from ..hf.import_internvl import is_original_internvl, load_original_internvl
+
+        if is_original_internvl(self.model_path):  # remote-code layout (InternVL2.5/3, Sa2VA HF): convert on load
+            model = load_original_internvl(self.model_path, self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN),
+                                           dtype=_as_dtype(torch_dtype), attn_implementation=attn_implementation)
+        else:
+            model = InternVLForConditionalGeneration.from_pretrained(
+                self.model_path, dtype=_as_dtype(torch_dtype), attn_implementation=attn_implementation)
         old_vocab = model.get_input_embeddings().weight.shape[0]
         if len(self.tokenizer) > old_vocab:
             self._resize_embeddings(model, len(self.tokenizer))

@@ -118,6 +118,13 @@ class VideoLLaVASAMModel(BaseModel):
         MMLogger.get_current_instance().info(
             f"loaded {n_loaded} tensors from pretrained_pth {path}; {len(result.unexpected_keys)} unexpected keys ignored")
 
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, dtype=None) -> "VideoLLaVASAMModel":
+        """Load a directory exported by ``tools/convert_to_hf.py`` (see :func:`sa2va.hf.load_pretrained_sa2va`)."""
+        from ..hf import load_pretrained_sa2va
+
+        return load_pretrained_sa2va(model_dir, dtype=dtype)
+
     # -- forward ----------------------------------------------------------------------------------------------
     def forward(self, data: dict, data_samples=None, mode: str = "loss"):
         if mode == "loss":

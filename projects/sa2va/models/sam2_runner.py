@@ -59,8 +59,14 @@ def instantiate_sam2(cfg_path: str, overrides: list[str] | None = None, image_si
 
 
 def load_meta_sam2_checkpoint(model: nn.Module, ckpt_path: str | os.PathLike, cfg_name: str = "") -> None:
-    """Load a Meta-format checkpoint (``{'model': state_dict}``) strictly, with a readable diff on failure."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    """Load a Meta-format checkpoint (``{'model': state_dict}``; or a ``.safetensors`` file of that state dict, as
+    in exported directories) strictly, with a readable diff on failure."""
+    if str(ckpt_path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        ckpt = {"model": load_file(str(ckpt_path))}
+    else:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{ckpt_path}: expected a Meta SAM2 checkpoint {{'model': state_dict}}, "
                          f"got keys {list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt)}")

@@ -1,0 +1,5 @@
+"""tests/hf reuses the batch builders of tests/models (model_helpers.py)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
