@@ -107,11 +107,15 @@ def test_masks_union_overlapping_polygon_parts(synthetic, coco_decode):
         assert mask.max() == 1 and np.array_equal(mask, np.maximum(parts[0], parts[1]))
 
 
-def test_sampling_is_per_getitem_without_replacement(make_refer):
+def test_sampling_is_per_epoch_and_reproducible_without_replacement(make_refer):
     ds = make_refer(split="train")
     i = max(range(len(ds)), key=lambda k: len(ds.records[k]["refs"]))
-    texts = {tuple(ds[i]["input_ids"].tolist()) for _ in range(12)}
-    assert len(texts) > 1  # not frozen at load time
+    texts = set()
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        texts.add(tuple(ds[i]["input_ids"].tolist()))
+        assert torch.equal(ds[i]["input_ids"], ds[i]["input_ids"])  # a pure function of (seed, epoch, index)
+    assert len(texts) > 1  # not frozen at load time: each epoch samples anew
     one = make_refer(split="train", num_classes_per_sample=1)
     assert all(len(one[k]["masks"]) == 1 for k in range(len(one)))
     seeded_a, seeded_b = make_refer(split="train", seed=3), make_refer(split="train", seed=3)

@@ -16,10 +16,11 @@ Lengths (``self.lengths`` = ``self.modality_length``, one per item, repeats incl
 from the annotation alone: exact image tokens from the stored width/height (upper bound when the format stores no
 size), text characters / 4, template tokens per turn. Positive: every item here has an image.
 
-Randomness (which refs, which sentence, which question): with ``seed=None`` each process draws from a generator
-seeded by ``torch.initial_seed()``, which differs per DataLoader worker and per epoch and is reproducible under a
-seeded run. With ``seed=int`` item ``i`` is a pure function of ``(seed, i)`` (for tests and data checks; it freezes
-the sampling, so do not set it for training).
+Randomness (which refs, which sentence, which question): item ``i`` is a pure function of ``(seed, epoch, i)``:
+a fresh generator per item, seeded with ``seed`` (default: ``torch.initial_seed()`` when the dataset is built,
+i.e. the run's seed) and the epoch set by :meth:`set_epoch` (our samplers forward their epoch). So every epoch
+samples anew, any DataLoader worker produces the same item, and a resumed run sees exactly the data of an
+uninterrupted one. (With ``persistent_workers=True`` the workers keep the epoch they started with.)
 """
 from __future__ import annotations
 
@@ -119,7 +120,8 @@ class ImageDatasetBase(Dataset):
         self.tile_processor = TileProcessor(tile_size, max_dynamic_patch, min_dynamic_patch, use_thumbnail)
         self.extra_image_processor = _build(extra_image_processor)
         self.skip_bad_records = bool(skip_bad_records)
-        self.seed = seed
+        self.seed = int(seed) if seed is not None else torch.initial_seed() % (1 << 63)
+        self.epoch = 0
         self.repeats = int(repeats)
         self.skip_counts: Counter = Counter()
         self.truncations: Counter = Counter()
@@ -129,7 +131,6 @@ class ImageDatasetBase(Dataset):
         self._bad_records: set[int] = set()
         self._bad_parts: set = set()
         self._lengths: list[int] | None = None
-        self._process_rng: tuple[tuple[int, int], np.random.Generator] | None = None
 
     # ------------------------------------------------------------------------------------------ subclass API
     def prepare(self, record_index: int, rng: np.random.Generator) -> dict:
@@ -173,13 +174,11 @@ class ImageDatasetBase(Dataset):
                 self.skip_or_raise(e)
         return chosen
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
     def rng_for(self, index: int) -> np.random.Generator:
-        if self.seed is not None:
-            return np.random.default_rng([int(self.seed), int(index)])
-        key = (os.getpid(), torch.initial_seed())
-        if self._process_rng is None or self._process_rng[0] != key:  # new worker / new epoch's workers
-            self._process_rng = (key, np.random.default_rng([key[1] % (1 << 63), key[0]]))
-        return self._process_rng[1]
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     # ------------------------------------------------------------------------------------------ Dataset
     @property

@@ -56,6 +56,12 @@ class ConcatDataset(_TorchConcatDataset):
         super().__init__(built)
         self._lengths: list[int] | None = None
 
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to every dataset (their per-item randomness depends on it)."""
+        for d in self.datasets:
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
+
     @property
     def lengths(self) -> list[int]:
         if self._lengths is None:

@@ -92,6 +92,7 @@ class LengthGroupedSampler(Sampler):
         if per_device_batch_size < 1:
             raise ValueError(f"per_device_batch_size must be >= 1, got {per_device_batch_size}")
         self.rank, self.world_size = get_dist_info()
+        self.dataset = dataset
         self.lengths = _dataset_lengths(dataset, length_property)
         if self.lengths.size == 0:
             raise ValueError("LengthGroupedSampler: empty dataset")
@@ -116,6 +117,8 @@ class LengthGroupedSampler(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):  # per-item data randomness depends on the epoch
+            self.dataset.set_epoch(epoch)
 
     def set_start(self, start: int) -> None:
         """Skip the first ``start`` indices of this rank's order at the next ``__iter__`` (exact resume)."""

@@ -14,11 +14,12 @@ import re
 import shutil
 
 import torch
-from mmengine.dist import barrier, is_main_process
+from mmengine.dist import all_gather_object, barrier, is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import MMLogger
 
 from ..registry import BUILDER
+from .rng import rng_state_for_checkpoint
 
 _CKPT_RE = re.compile(r"^iter_(\d+)\.pth$")
 
@@ -107,6 +108,8 @@ class AtomicCheckpointHook(CheckpointHook):
         tmp_name = f".tmp-{name}"
         if is_main_process():
             _remove(osp.join(self.out_dir, tmp_name))
+        # RNG states of every rank (a collective, so here and not in a hook that only rank 0 runs)
+        meta = dict(meta or {}, rng_states=all_gather_object(rng_state_for_checkpoint()))
         barrier()
         runner.save_checkpoint(self.out_dir, tmp_name, save_optimizer=self.save_optimizer,
                                save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch)

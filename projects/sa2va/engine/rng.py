@@ -18,6 +18,10 @@ def rng_state() -> dict:
     return state
 
 
+def rng_state_for_checkpoint() -> dict:
+    return _plain(rng_state())
+
+
 def _plain(obj):
     """numpy state -> plain python/tensors so torch.load(weights_only=True) reads it."""
     if isinstance(obj, np.ndarray):
@@ -40,16 +44,9 @@ def set_rng_state(state: dict) -> None:
 
 @BUILDER.register_module()
 class RNGStateHook(Hook):
-    """Store RNG states (per rank) in each checkpoint; restore them on resume."""
+    """Restore the RNG states that :class:`AtomicCheckpointHook` stored (one per rank) in the checkpoint."""
 
     priority = "VERY_LOW"
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        from mmengine.dist import all_gather_object, get_rank
-
-        states = all_gather_object(_plain(rng_state()))  # one per rank; rank 0 writes the file
-        checkpoint.setdefault("meta", {})["rng_states"] = states
-        checkpoint["meta"]["rng_rank_written"] = get_rank()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         from mmengine.dist import get_rank

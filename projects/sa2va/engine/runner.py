@@ -107,6 +107,9 @@ def prepare_config(cfg: Config, work_dir: str | None = None, resume: str | None 
         cfg.randomness = dict(cfg.get("randomness", {}), seed=seed)
     if not torch.cuda.is_available():
         adapt_to_cpu(cfg)
+        if launcher != "none":  # DDP on CPU modules takes no device_ids
+            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                                         find_unused_parameters=False)
         if deepspeed:
             print_log(f"--deepspeed {deepspeed} ignored: DeepSpeed needs CUDA here", logger="current", level=30)
             deepspeed = None
@@ -130,6 +133,12 @@ def prepare_config(cfg: Config, work_dir: str | None = None, resume: str | None 
 
 def build_runner(cfg: Config, flexible: bool = False):
     register_checkpoint_safe_globals()
+    if cfg.get("launcher", "none") == "pytorch" and not torch.cuda.is_available():
+        # mmengine's pytorch launcher calls torch.cuda.set_device; on CPU join the gloo group ourselves
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")
     if flexible:
         from mmengine.runner import FlexibleRunner
 
