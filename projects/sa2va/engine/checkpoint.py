@@ -19,7 +19,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import MMLogger
 
 from ..registry import BUILDER
-from .rng import rng_state_for_checkpoint
+from .resume_state import rng_state_for_checkpoint
 
 _CKPT_RE = re.compile(r"^iter_(\d+)\.pth$")
 
@@ -127,15 +127,13 @@ class AtomicCheckpointHook(CheckpointHook):
 
 
 def register_checkpoint_safe_globals() -> None:
-    """Let ``torch.load(weights_only=True)`` read mmengine checkpoints (message hub buffers, numpy scalars)."""
+    """Let ``torch.load(weights_only=True)`` read mmengine checkpoints: the message hub's ``HistoryBuffer`` and the
+    numpy scalars/arrays/dtypes that logged values and RNG states carry."""
     import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    safe = [HistoryBuffer, np.dtype, np.ndarray, np.core.multiarray._reconstruct if hasattr(np, "core") else None,
-            type(np.dtype("float64")), type(np.dtype("int64")), type(np.dtype("float32")), type(np.dtype("int32"))]
-    try:
-        safe.append(np._core.multiarray._reconstruct)
-        safe.append(np._core.multiarray.scalar)
-    except AttributeError:
-        pass
-    torch.serialization.add_safe_globals([s for s in safe if s is not None])
+    safe = [HistoryBuffer, np.ndarray, np.dtype]
+    safe += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    core = getattr(np, "_core", None) or getattr(np, "core")
+    safe += [core.multiarray._reconstruct, core.multiarray.scalar]
+    torch.serialization.add_safe_globals(safe)

@@ -10,7 +10,7 @@ from mmengine.runner import IterBasedTrainLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 
 from ..registry import BUILDER
-from .rng import set_rng_state
+from .resume_state import set_rng_state
 
 
 @BUILDER.register_module()

@@ -23,7 +23,7 @@ DEEPSPEED_CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.dirname(
                                 "configs", "deepspeed")
 # hooks every run gets unless the config lists them itself
 _STANDARD_HOOKS = ("sa2va.engine.hooks.ThroughputHook", "sa2va.engine.hooks.LossCurveHook",
-                   "sa2va.engine.hooks.DatasetSummaryHook", "sa2va.engine.rng.RNGStateHook")
+                   "sa2va.engine.hooks.DatasetSummaryHook", "sa2va.engine.resume_state.ResumeStateHook")
 
 
 def _set_dtype(node, dtype: str) -> None:
