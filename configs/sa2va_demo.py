@@ -18,7 +18,7 @@ from sa2va.models import CrossEntropyLoss, DiceLoss, InternVLMLLM, SAM2TrainRunn
 from sa2va.tokenizer import build_tokenizer
 
 # ------------------------------------------------------------------ paths (made by `prepare` on first use)
-assets = './work_dirs/sa2va_demo_assets'
+assets = './work_dirs/sa2va_demo_assets'    # relative to the working directory
 prepare = dict(type=make_demo_assets, root=assets, seed=0, num_images=48)
 path = assets + '/tiny_internvl'                      # InternVL directory (transformers layout)
 sam2_cfg = assets + '/tiny_sam2/sam2_tiny.yaml'       # Meta-style SAM2 config
