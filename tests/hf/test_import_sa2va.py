@@ -94,3 +94,20 @@ def test_special_token_ids_must_agree(released):
     model = BUILDER.build(cfg)
     with pytest.raises(ValueError, match="token '<p>' has id 601 in the checkpoint"):
         load_sa2va_hf(model, released["dir"])
+
+
+def test_released_sa2va_to_training_config_to_export(released):
+    """Released Sa2VA -> our training config (through init_from_sa2va_hf) -> export -> load: same outputs."""
+    from sa2va.hf import export_from_config, load_pretrained_sa2va
+
+    from hf_helpers import CONFIG_TEMPLATE
+
+    text = CONFIG_TEMPLATE.format(**released["tiny"]) + (
+        "from sa2va.hf import init_from_sa2va_hf\n"
+        f"model = dict(type=init_from_sa2va_hf, path={str(released['dir'])!r}, model=model)\n")
+    cfg = released["tmp"] / "finetune_cfg.py"
+    cfg.write_text(text)
+    out = export_from_config(cfg, None, released["tmp"] / "exported", dtype="fp32")
+    loaded = load_pretrained_sa2va(out)
+    batch = batch_for(loaded)
+    assert_outputs_equal(outputs(released["model"], batch), outputs(loaded, batch))

@@ -76,7 +76,11 @@ def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.S
     """Raise a ``KeyError``/``ValueError`` naming ``source`` (the file or directory) and every missing, unexpected
     or mis-shaped key; ``renamed_from`` maps a converted key back to its name in the checkpoint."""
     renamed_from = renamed_from or {}
-    named = lambda k: f"{k} (checkpoint key {renamed_from[k]})" if k in renamed_from and renamed_from[k] != k else k  # noqa: E731
+
+    def named(key: str) -> str:
+        original = renamed_from.get(key, key)
+        return key if original == key else f"{key} (checkpoint key {original})"
+
     missing = [named(k) for k in expected if k not in state]
     unexpected = [named(k) for k in state if k not in expected]
     if missing or unexpected:
@@ -96,6 +100,7 @@ class ConversionReport:
     (checkpoint tensors that were not used)."""
 
     source: str
+    verb: str = "loaded"
     loaded: dict[str, int] = field(default_factory=dict)
     new: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
@@ -105,7 +110,7 @@ class ConversionReport:
 
     def log(self) -> None:
         groups = ", ".join(f"{g}: {n}" for g, n in self.loaded.items())
-        msg = f"{self.source}: loaded {sum(self.loaded.values())} tensors ({groups})"
+        msg = f"{self.source}: {self.verb} {sum(self.loaded.values())} tensors ({groups})"
         msg += f"; new {len(self.new)}" + (f" [{_listing(self.new, 6)}]" if self.new else "")
         msg += f"; ignored {len(self.ignored)}" + (f" [{_listing(self.ignored, 6)}]" if self.ignored else "")
         MMLogger.get_current_instance().info(msg)

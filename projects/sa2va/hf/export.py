@@ -29,15 +29,17 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def merged_internvl(model):
     """The ``InternVLForConditionalGeneration`` of ``model.mllm`` with LoRA and trainable-token rows merged into the
-    base weights (in place: the training model's mllm is unwrapped afterwards). Returns (model, merged layer count)."""
+    base weights (in place: the training model's mllm is unwrapped afterwards)."""
     from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     wrapper = model.mllm.model
     if not isinstance(wrapper, PeftModel):
-        return wrapper, 0
+        return wrapper
     n_adapted = sum(isinstance(m, BaseTunerLayer) for m in wrapper.modules())
-    return wrapper.merge_and_unload(), n_adapted
+    merged = wrapper.merge_and_unload()
+    MMLogger.get_current_instance().info(f"merged {n_adapted} peft layers (LoRA, special-token rows) into the LLM")
+    return merged
 
 
 def export_sa2va(model, save_dir: str | os.PathLike, sam2_config: str, sam2_hydra_overrides=None,
@@ -60,10 +62,9 @@ def export_sa2va(model, save_dir: str | os.PathLike, sam2_config: str, sam2_hydr
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     dtype = _as_dtype(dtype)
-    report = ConversionReport(source=f"export -> {save_dir}")
+    report = ConversionReport(source=f"export -> {save_dir}", verb="wrote")
 
-    internvl, n_merged = merged_internvl(model)
-    report.count("LoRA/token layers merged", n_merged)
+    internvl = merged_internvl(model)
     internvl.to(dtype)
     internvl.save_pretrained(save_dir, max_shard_size=max_shard_size)
     report.count("internvl", len(internvl.state_dict()))
@@ -125,6 +126,16 @@ def _constructor_arg(cfg: dict, cls, name: str):
     return cfg.get(name, inspect.signature(cls).parameters[name].default)
 
 
+def _sa2va_model_cfg(model_cfg: dict) -> dict:
+    """The ``VideoLLaVASAMModel`` dict of a config's ``model`` (which may wrap it, e.g. ``init_from_sa2va_hf``)."""
+    node = model_cfg
+    while "mllm" not in node:
+        if not isinstance(node.get("model"), dict):
+            raise KeyError(f"the config's model has no 'mllm' (nor a nested 'model' that has one): {list(model_cfg)}")
+        node = node["model"]
+    return node
+
+
 def export_from_config(config: str | os.PathLike, checkpoint: str | os.PathLike | None, save_path: str | os.PathLike,
                        dtype: str = "bf16", max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
                        template=None, max_tiles: int | None = None) -> Path:
@@ -137,9 +148,9 @@ def export_from_config(config: str | os.PathLike, checkpoint: str | os.PathLike 
     cfg = Config.fromfile(str(config))
     if cfg.get("prepare") is not None:  # assets a config needs (the demo's tiny models)
         BUILDER.build(cfg.prepare)
-    model_cfg = cfg.model
+    model_cfg = _sa2va_model_cfg(cfg.model)
     model_cfg.mllm.torch_dtype = "float32"  # merge in fp32, round once to the export dtype
-    model = BUILDER.build(model_cfg)
+    model = BUILDER.build(cfg.model)
     if checkpoint is not None:
         state = read_trainable_state(checkpoint)
         try:

@@ -171,9 +171,9 @@ def convert_state_dict(state: dict[str, torch.Tensor], arch: str, text_config) -
             parts = split_vision_qkv(tensor)
             names = [new.replace(".qkv.", f".{p}_proj.") for p in "qkv"]
         elif ".self_attn.wqkv." in new:
-            head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-            parts = split_internlm2_wqkv(tensor, text_config.num_attention_heads, text_config.num_key_value_heads,
-                                         head_dim)
+            heads, kv_heads = text_config.num_attention_heads, text_config.num_key_value_heads
+            head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+            parts = split_internlm2_wqkv(tensor, heads, kv_heads, head_dim)
             names = [new.replace(".wqkv.", f".{p}_proj.") for p in "qkv"]
         else:
             parts, names = (tensor,), [new]

@@ -21,6 +21,8 @@ def load_pretrained_sa2va(model_dir: str | os.PathLike, dtype=None, attn_impleme
             exported dtype, ``sa2va_config.json``'s ``llm_dtype``). SAM2 and ``text_hidden_fcs`` stay fp32.
     The export settings (template, tile size, max tiles, SAM2 image size) are on ``model.export_config``.
     """
+    from safetensors.torch import load_file
+
     from ..models import InternVLMLLM, SAM2TrainRunner, VideoLLaVASAMModel
 
     model_dir = Path(model_dir)
@@ -34,8 +36,6 @@ def load_pretrained_sa2va(model_dir: str | os.PathLike, dtype=None, attn_impleme
     runner = SAM2TrainRunner(cfg_path=str(model_dir / SAM2_CONFIG_FILE), ckpt_path=str(model_dir / SAM2_WEIGHTS_FILE),
                              hydra_overrides=export_cfg.sam2_hydra_overrides, image_size=export_cfg.sam2_image_size)
     model = VideoLLaVASAMModel(mllm=mllm, grounding_encoder=runner)
-    from safetensors.torch import load_file
-
     copy_into(model.text_hidden_fcs, load_file(str(model_dir / TEXT_FCS_FILE)), str(model_dir / TEXT_FCS_FILE),
               "text_hidden_fcs")
     model.export_config = export_cfg
