@@ -76,8 +76,11 @@ class LossCurveHook(Hook):
     def plot(self, runner) -> None:
         if not is_main_process() or not self.history:
             return
-        import matplotlib
-
+        try:
+            import matplotlib
+        except ImportError:
+            runner.logger.warning("matplotlib is not installed: no loss_curve.png (losses.jsonl has the values)")
+            return
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 

@@ -92,6 +92,22 @@ def _add_standard_hooks(cfg: Config) -> None:
         dict(type=path) for path in _STANDARD_HOOKS if _name(path) not in present]
 
 
+def _drop_unavailable_vis_backends(cfg: Config) -> None:
+    """TensorBoard logging is optional: without the package, keep the JSON scalars and say so once."""
+    vis = cfg.get("visualizer") or {}
+    backends = vis.get("vis_backends") or []
+    try:
+        import tensorboard  # noqa: F401
+        return
+    except ImportError:
+        pass
+    kept = [b for b in backends if "Tensorboard" not in str(b.get("type"))]
+    if len(kept) != len(backends):
+        vis["vis_backends"] = kept
+        print_log("tensorboard is not installed: TensorBoard logging off (scalars.json still written)",
+                  logger="current", level=30)
+
+
 def prepare_config(cfg: Config, work_dir: str | None = None, resume: str | None = None,
                    deepspeed: str | None = None, launcher: str = "none", seed: int | None = None,
                    config_path: str | None = None) -> tuple[Config, bool]:
@@ -114,6 +130,7 @@ def prepare_config(cfg: Config, work_dir: str | None = None, resume: str | None 
             print_log(f"--deepspeed {deepspeed} ignored: DeepSpeed needs CUDA here", logger="current", level=30)
             deepspeed = None
     _add_standard_hooks(cfg)
+    _drop_unavailable_vis_backends(cfg)
 
     if resume == "auto":
         path = find_resumable_checkpoint(cfg.work_dir)

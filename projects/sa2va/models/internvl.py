@@ -51,12 +51,16 @@ class InternVLMLLM(nn.Module):
             lm_head rows (peft ``trainable_token_indices``); ``'full'`` trains the whole embedding and lm_head
             (the original Sa2VA behaviour); ``'none'`` keeps them frozen.
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
+        random_init: build from ``config.json`` alone with random weights (benchmarks of real shapes).
+        loss_on_supervised_only: apply the LM head only at supervised positions (default); ``False`` computes
+            the full ``[B, L, vocab]`` logits first, as the original did (kept for benchmarks).
     """
 
     def __init__(self, model_path: str | os.PathLike, special_tokens=DEFAULT_SPECIAL_TOKENS,
                  torch_dtype="bfloat16", attn_implementation: str = "sdpa", freeze_llm: bool = True,
                  freeze_visual_encoder: bool = True, freeze_projector: bool = False, llm_lora=None,
-                 new_token_training: str = "rows", gradient_checkpointing: bool = False):
+                 new_token_training: str = "rows", gradient_checkpointing: bool = False,
+                 random_init: bool = False, loss_on_supervised_only: bool = True):
         super().__init__()
         from transformers import InternVLForConditionalGeneration
 
@@ -68,12 +72,19 @@ class InternVLMLLM(nn.Module):
         self.special_tokens = tuple(special_tokens)
         from ..hf.import_internvl import is_original_internvl, load_original_internvl
 
-        if is_original_internvl(self.model_path):  # remote-code layout (InternVL2.5/3, Sa2VA HF): convert on load
+        if random_init:  # real shapes, random weights (benchmarks): config.json only
+            from transformers import AutoConfig
+
+            model = InternVLForConditionalGeneration._from_config(
+                AutoConfig.from_pretrained(self.model_path), dtype=_as_dtype(torch_dtype),
+                attn_implementation=attn_implementation)
+        elif is_original_internvl(self.model_path):  # remote-code layout (InternVL2.5/3, Sa2VA HF): convert on load
             model = load_original_internvl(self.model_path, self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN),
                                            dtype=_as_dtype(torch_dtype), attn_implementation=attn_implementation)
         else:
             model = InternVLForConditionalGeneration.from_pretrained(
                 self.model_path, dtype=_as_dtype(torch_dtype), attn_implementation=attn_implementation)
+        self.loss_on_supervised_only = loss_on_supervised_only
         old_vocab = model.get_input_embeddings().weight.shape[0]
         if len(self.tokenizer) > old_vocab:
             self._resize_embeddings(model, len(self.tokenizer))
@@ -242,6 +253,9 @@ class InternVLMLLM(nn.Module):
     def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Next-token CE averaged over supervised tokens; the head runs only on supervised positions."""
         shift_labels = labels[:, 1:]
+        if not self.loss_on_supervised_only:
+            logits = self.lm_head(hidden[:, :-1]).float()  # [B,L-1,V]
+            return nn.functional.cross_entropy(logits.flatten(0, 1), shift_labels.flatten(), ignore_index=-100)
         supervised = shift_labels != -100  # [B,L-1]
         h = hidden[:, :-1][supervised]  # [n_sup,D]
         if h.shape[0] == 0:  # nothing supervised: a zero that keeps the head in the graph
