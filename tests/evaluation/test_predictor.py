@@ -120,3 +120,15 @@ def test_caption_returns_one_text_per_region(tiny_model):
         predictor.caption(make_image(), np.stack([masks[0], np.zeros((90, 130))]))
     with pytest.raises(ValueError, match="region mask 0 is"):
         predictor.caption(make_image(), np.zeros((1, 40, 40)))
+
+
+def test_multi_token_stop_word_ends_and_is_removed(tiny_model):
+    """phi3_chat's '<|end|>' is several tokens for the tiny tokenizer: matched on the decoded text, then cut."""
+    tok = tiny_model.tokenizer
+    assert len(tok("<|end|>", add_special_tokens=False).input_ids) > 1
+    answer = tok("Sure, ", add_special_tokens=False).input_ids + [tiny_model.seg_token_idx] \
+        + tok(".<|end|> more text", add_special_tokens=False).input_ids
+    pred = Sa2VAPredictor(tiny_model, template="phi3_chat", max_new_tokens=40,
+                          logits_processor=ForceTokens(answer)).predict(make_image(), QUESTION)
+    assert pred.stopped and pred.text.startswith("Sure, [SEG]") and "<|end" not in pred.text
+    assert "more" not in pred.text and pred.masks.shape[0] == 1

@@ -65,9 +65,10 @@ class StopCondition:
             tail = self.tokenizer.decode(ids[-self._tail:], skip_special_tokens=False)
             for word in self.stop_texts:
                 if tail.endswith(word):
-                    # drop the tokens that spell (part of) the stop word
+                    # keep the longest prefix of tokens whose text ends before the stop word starts
+                    start = len(self.tokenizer.decode(ids, skip_special_tokens=False)) - len(word)
                     keep = len(ids)
-                    while keep > 0 and word in self.tokenizer.decode(ids[:keep], skip_special_tokens=False):
+                    while keep > 0 and len(self.tokenizer.decode(ids[:keep], skip_special_tokens=False)) > start:
                         keep -= 1
                     return ids[:keep], True
         return ids, False
