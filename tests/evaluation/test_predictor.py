@@ -132,3 +132,16 @@ def test_multi_token_stop_word_ends_and_is_removed(tiny_model):
                           logits_processor=ForceTokens(answer)).predict(make_image(), QUESTION)
     assert pred.stopped and pred.text.startswith("Sure, [SEG]") and "<|end" not in pred.text
     assert "more" not in pred.text and pred.masks.shape[0] == 1
+
+
+def test_bf16_llm_with_fp32_mask_head(tiny_models):
+    """The GPU / export layout: bf16 language model, fp32 text_hidden_fcs and SAM2 (no autocast at inference)."""
+    from eval_helpers import tiny_model_config
+    from sa2va import BUILDER
+
+    cfg = tiny_model_config(tiny_models)
+    cfg["mllm"]["torch_dtype"] = "bfloat16"
+    model = BUILDER.build(cfg).eval()
+    assert model.mllm.lm_head.weight.dtype == torch.bfloat16 and model.text_hidden_fcs[0].weight.dtype == torch.float32
+    pred = _predictor(model, answer_ids(model.tokenizer, "Sure, [SEG].")).predict(make_image(), QUESTION)
+    assert pred.masks.shape == (1, 90, 130)

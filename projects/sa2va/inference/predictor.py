@@ -245,7 +245,8 @@ class Sa2VAPredictor:
         runner = model.grounding_encoder
         g = sam2_image_tensor(image, runner.image_size)[None].to(self.device)  # [1, 3, S, S] uint8
         features = runner.encode_images(g)
-        prompts = model.text_hidden_fcs(torch.cat(list(seg_hidden)))  # [N, C]
+        fcs_dtype = model.text_hidden_fcs[0].weight.dtype  # may differ from the LLM's (bf16 LLM, fp32 head)
+        prompts = model.text_hidden_fcs(torch.cat(list(seg_hidden)).to(fcs_dtype))  # [N, C]
         index = torch.zeros(prompts.shape[0], dtype=torch.long, device=self.device)
         logits = runner.decode(features, prompts, index)["masks"]  # [N, h, w] fp32
         full = F.interpolate(logits[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
