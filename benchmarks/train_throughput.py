@@ -145,12 +145,20 @@ def cuda_time(fn, reps: int) -> float:
 def count_flops(model, data) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    ckpt = model.mllm.language_model.is_gradient_checkpointing
+    lm = model.mllm.language_model
+    ckpt = lm.is_gradient_checkpointing
     if ckpt:
-        model.mllm.language_model.gradient_checkpointing_disable()
-    with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
-        losses = model(data, mode="loss")
-        sum(losses.values()).backward()
+        lm.gradient_checkpointing_disable()
+    # FlopCounterMode cannot size SDPA with grouped KV heads: count the LLM's attention as eager matmuls (the same
+    # full-matrix FLOPs its SDPA formula would count)
+    attn = lm.config._attn_implementation
+    lm.config._attn_implementation = "eager"
+    try:
+        with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
+            losses = model(data, mode="loss")
+            sum(losses.values()).backward()
+    finally:
+        lm.config._attn_implementation = attn
     model.zero_grad(set_to_none=True)
     if ckpt:
         model.mllm.language_model.gradient_checkpointing_enable(
