@@ -55,6 +55,12 @@ def test_config_route(released):
     assert_outputs_equal(outputs(released["model"], batch), outputs(model, batch))
 
 
+def test_pretrained_pth_accepts_a_sa2va_directory(released):
+    model = BUILDER.build(model_config(released["tiny"], pretrained_pth=str(released["dir"]))).eval()
+    batch = batch_for(model)
+    assert_outputs_equal(outputs(released["model"], batch), outputs(model, batch))
+
+
 def test_sa2va_directory_as_mllm_model_path(released):
     """mllm.model_path may point at the Sa2VA directory itself: its InternVL part loads, SAM2 keys are left."""
     tiny = dict(released["tiny"], internvl=str(released["dir"]))

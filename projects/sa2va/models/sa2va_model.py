@@ -107,6 +107,12 @@ class VideoLLaVASAMModel(BaseModel):
         return result
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
+        """A trainable-weights checkpoint file, or a released Sa2VA HF directory (``Sa2VAChatModel`` layout)."""
+        if os.path.isdir(path):
+            from ..hf import load_sa2va_hf
+
+            load_sa2va_hf(self, path)
+            return
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
         state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
