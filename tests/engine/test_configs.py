@@ -1,0 +1,43 @@
+"""The shipped configs parse and say what their headers promise."""
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _load(name):
+    return Config.fromfile(str(CONFIGS / name))
+
+
+def test_4b_recipe_values():
+    c = _load("sa2va_refcoco_only.py")
+    lora = c.model.mllm.llm_lora
+    assert (lora.r, lora.lora_alpha) == (128, 256)
+    assert c.optim_wrapper.optimizer.lr == 4e-5 and c.optim_wrapper.optimizer.weight_decay == 0.05
+    assert c.optim_wrapper.clip_grad.max_norm == 1 and c.optim_wrapper.accumulative_counts == 4
+    assert c.train_dataloader.batch_size == 2 and c.train_cfg.max_epochs == 1
+    assert c.param_scheduler[0].end == pytest.approx(0.05) and c.param_scheduler[1].begin == pytest.approx(0.05)
+    assert [d.name for d in c.train_dataloader.dataset.datasets] == ["refcoco", "refcoco+", "refcocog"]
+    assert [d.split_file for d in c.train_dataloader.dataset.datasets] == ["refs(unc).p", "refs(unc).p", "refs(umd).p"]
+    assert c.model.grounding_encoder.ckpt_path.endswith("sam2_hiera_large.pt")
+
+
+def test_1b_overrides_path_and_template_everywhere():
+    c = _load("sa2va_1b_refcoco_only.py")
+    assert c.model.mllm.model_path.endswith("InternVL2_5-1B")
+    for d in c.train_dataloader.dataset.datasets:
+        assert d.template == "qwen_chat" and d.tokenizer.pretrained_model_name_or_path.endswith("InternVL2_5-1B")
+    assert c.model.mllm.llm_lora.r == 128  # the rest is inherited
+
+
+def test_maskcap_adds_caption_sources():
+    names = [d.name for d in _load("sa2va_refcoco_maskcap.py").train_dataloader.dataset.datasets]
+    assert names[:3] == ["refcoco", "refcoco+", "refcocog"]
+    assert {"refcocog_region_caption", "osprey_conversation", "custom_caption"} <= set(names)
+
+
+def test_demo_is_self_contained():
+    c = _load("sa2va_demo.py")
+    assert c.prepare.root == c.assets and c.model.mllm.model_path.startswith(c.assets)
