@@ -142,6 +142,23 @@ def cuda_time(fn, reps: int) -> float:
     return start.elapsed_time(end) / 1000 / reps
 
 
+def split_batch(data: dict) -> list[dict]:
+    """One single-sample batch per sample (FLOPs are additive; counting one at a time bounds the memory of the
+    eager attention the counter needs)."""
+    n = data["input_ids"].shape[0]
+    offsets = [0]
+    for t in data["num_tiles"]:
+        offsets.append(offsets[-1] + t)
+    out = []
+    for i in range(n):
+        length = int(data["attention_mask"][i].sum())
+        d = {k: (v[i:i + 1, :length] if torch.is_tensor(v) and v.dim() == 2 else [v[i]] if isinstance(v, list) else v)
+             for k, v in data.items() if k != "pixel_values"}
+        d["pixel_values"] = data["pixel_values"][offsets[i]:offsets[i + 1]]
+        out.append(d)
+    return out
+
+
 def count_flops(model, data) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -153,17 +170,21 @@ def count_flops(model, data) -> float:
     # full-matrix FLOPs its SDPA formula would count)
     attn = lm.config._attn_implementation
     lm.config._attn_implementation = "eager"
+    total = 0.0
     try:
-        with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
-            losses = model(data, mode="loss")
-            sum(losses.values()).backward()
+        for sample in split_batch(data):
+            with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
+                losses = model(sample, mode="loss")
+                sum(losses.values()).backward()
+            model.zero_grad(set_to_none=True)
+            total += counter.get_total_flops()
+            del losses
+            torch.cuda.empty_cache()
     finally:
         lm.config._attn_implementation = attn
-    model.zero_grad(set_to_none=True)
     if ckpt:
-        model.mllm.language_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    return float(counter.get_total_flops())
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return float(total)
 
 
 def bench(model, variant, batch, micro_batch, ckpt, steps, warmup):
@@ -194,6 +215,7 @@ def bench(model, variant, batch, micro_batch, ckpt, steps, warmup):
     # components timed alone (forward only: the ViT and SAM2 encoder are frozen)
     pv = data["pixel_values"]
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model.mllm.image_features(pv)  # warm-up
         t_vit = cuda_time(lambda: model.mllm.image_features(pv), 3)
         g_imgs = [x for x in data["g_pixel_values"] if x is not None]
         t_sam = cuda_time(lambda: model.grounding_encoder.encode_images(torch.stack(g_imgs)), 3) if g_imgs else 0.0
@@ -201,8 +223,10 @@ def bench(model, variant, batch, micro_batch, ckpt, steps, warmup):
         p.grad = torch.zeros_like(p)
     t_opt = cuda_time(opt.step, 3)
     opt.zero_grad(set_to_none=True)
+    del opt
+    torch.cuda.empty_cache()
     flops = count_flops(model, data)
-    del opt, data
+    del data
     torch.cuda.empty_cache()
     return dict(variant=variant, batch=batch, micro_batch=micro_batch, grad_ckpt=ckpt, tokens=tokens,
                 trainable_params_M=round(n_trainable / 1e6, 1), step_s=round(t_step, 4),

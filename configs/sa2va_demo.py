@@ -13,7 +13,7 @@ from sa2va.datasets import (ConcatDataset, CustomJsonDataset, DirectResize, Leng
                             OspreyDescriptionDataset, ReferRegionCaptionDataset, ReferSegmDataset,
                             sa2va_collate_fn)
 from sa2va.demo import make_demo_assets
-from sa2va.engine import AtomicCheckpointHook, TrainLoop
+from sa2va.engine import AtomicCheckpointHook, ReferEvalHook, TrainLoop
 from sa2va.models import CrossEntropyLoss, DiceLoss, InternVLMLLM, SAM2TrainRunner, VideoLLaVASAMModel
 from sa2va.tokenizer import build_tokenizer
 
@@ -108,7 +108,11 @@ default_hooks = dict(
     checkpoint=dict(type=AtomicCheckpointHook, interval=save_steps, max_keep_ckpts=save_total_limit),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
-custom_hooks = []
+# held-out synthetic splits, evaluated at the end of training (cIoU/gIoU and region-caption exact match)
+refcoco_val = dict(refcoco, split='val', repeats=1, name='refcoco_val')
+refcocog_val = dict(refcocog, split='val', repeats=1, name='refcocog_val')
+custom_hooks = [dict(type=ReferEvalHook, datasets=dict(refcoco_val=refcoco_val),
+                     caption_datasets=dict(refcocog_val=refcocog_val), interval=0, max_items=None)]
 visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardVisBackend)])
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))

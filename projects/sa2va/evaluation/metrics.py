@@ -193,6 +193,8 @@ def caption_metrics(predictions: Mapping[object, str], references: Mapping[objec
         raise ValueError(f"item {empty_refs[0]!r} has no reference caption")
     if not predictions:
         raise ValueError("no captions to score")
+    if not metrics:  # captions only (e.g. scored by the caller)
+        return {"n_items": len(predictions)}
     _require_caption_tools(metrics)
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
