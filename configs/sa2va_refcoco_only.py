@@ -91,7 +91,7 @@ optim_wrapper = dict(
     optimizer=dict(type=AdamW, lr=lr, betas=betas, weight_decay=weight_decay),
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
-    loss_scale='dynamic',
+    loss_scale=dict(enabled=False),   # bf16 autocast needs no loss scaling
     dtype='bfloat16',
 )
 param_scheduler = [

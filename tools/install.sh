@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 python -m pip install -q "setuptools>=68" wheel
 python -c "import torch" 2>/dev/null || python -m pip install -q torch torchvision
 python -c "import sam2" 2>/dev/null || SAM2_BUILD_CUDA=0 python -m pip install -q --no-build-isolation sam2
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,eval]"
