@@ -155,3 +155,14 @@ def test_gradient_checkpointing_switch(tiny_models):
     losses = m(collate([seg_sample(m), caption_sample(m)]), mode="loss")
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_whole_model_in_bf16_like_deepspeed(tiny_models):
+    """DeepSpeed bf16 casts every parameter and buffer; the forward must still run (SAM2 under autocast)."""
+    m = BUILDER.build(model_config(tiny_models)).to(torch.bfloat16)
+    batch = collate([seg_sample(m), caption_sample(m)])
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    losses = m(batch, mode="loss")
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_mask"].item() > 0
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)

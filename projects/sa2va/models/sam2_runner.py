@@ -125,7 +125,7 @@ class SAM2TrainRunner(nn.Module):
 
     def preprocess_image(self, images: torch.Tensor) -> torch.Tensor:
         """uint8/float [B,3,S,S] in 0..255 -> normalised float32 (no padding: inputs are square-resized)."""
-        return (images.float() - self.pixel_mean) / self.pixel_std
+        return (images.float() - self.pixel_mean.float()) / self.pixel_std.float()
 
     def encode_images(self, images: torch.Tensor) -> dict:
         """Run the frozen image encoder once per image. images: [F,3,S,S] 0..255.
@@ -134,8 +134,9 @@ class SAM2TrainRunner(nn.Module):
         high-res projections (``conv_s0``/``conv_s1``) belong to the mask decoder and keep their gradients.
         """
         sam = self.sam2_model
+        encoder_dtype = next(sam.image_encoder.parameters()).dtype  # bf16 under DeepSpeed, else as loaded
         with torch.no_grad():
-            backbone_out = sam.image_encoder(self.preprocess_image(images).to(self.pixel_mean.dtype))
+            backbone_out = sam.image_encoder(self.preprocess_image(images).to(encoder_dtype))
         fpn = backbone_out["backbone_fpn"]  # 3 levels: S/4, S/8, S/16
         dtype = sam.sam_mask_decoder.conv_s0.weight.dtype
         high_res = [sam.sam_mask_decoder.conv_s0(fpn[0].to(dtype)), sam.sam_mask_decoder.conv_s1(fpn[1].to(dtype))]
@@ -172,20 +173,23 @@ class SAM2TrainRunner(nn.Module):
         image_embeds = features["low_res"].index_select(0, image_index)
         high_res = [f.index_select(0, image_index) for f in features["high_res"]]
         device = language_embeds.device
-        coords = torch.zeros(n, 1, 2, device=device)
-        labels = -torch.ones(n, 1, dtype=torch.int32, device=device)
-        sparse, dense = sam.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)  # [N,2,C]
-        sparse = torch.cat([sparse, language_embeds[:, None].to(sparse.dtype)], dim=1)  # [N,3,C]
         dtype = sam.sam_mask_decoder.conv_s0.weight.dtype
-        low_res_multimasks, ious, _, object_score_logits = sam.sam_mask_decoder(
-            image_embeddings=image_embeds.to(dtype),
-            image_pe=sam.sam_prompt_encoder.get_dense_pe().to(dtype),
-            sparse_prompt_embeddings=sparse.to(dtype),
-            dense_prompt_embeddings=dense.to(dtype),
-            multimask_output=True,
-            repeat_image=False,
-            high_res_features=high_res,
-        )  # [N,3,S/4,S/4], [N,3], [N,1]
+        # SAM2's prompt encoder builds float32 padding points; with half-precision weights (DeepSpeed casts the
+        # module) it runs under autocast, as Sa2VA ran SAM2
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            coords = torch.zeros(n, 1, 2, device=device)
+            labels = -torch.ones(n, 1, dtype=torch.int32, device=device)
+            sparse, dense = sam.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)  # [N,2,C]
+            sparse = torch.cat([sparse, language_embeds[:, None].to(sparse.dtype)], dim=1)  # [N,3,C]
+            low_res_multimasks, ious, _, object_score_logits = sam.sam_mask_decoder(
+                image_embeddings=image_embeds.to(dtype),
+                image_pe=sam.sam_prompt_encoder.get_dense_pe().to(dtype),
+                sparse_prompt_embeddings=sparse.to(dtype),
+                dense_prompt_embeddings=dense.to(dtype),
+                multimask_output=True,
+                repeat_image=False,
+                high_res_features=[f.to(dtype) for f in high_res],
+            )  # [N,3,S/4,S/4], [N,3], [N,1]
         best = ious.argmax(dim=-1)
         masks = low_res_multimasks[torch.arange(n, device=device), best].float()
         aux = (ious.sum() + object_score_logits.sum()).float() * 0.0
