@@ -71,7 +71,8 @@ refcocog = dict(type=ReferSegmDataset, data_root=data_root + 'ref_seg/refcocog',
                 num_classes_per_sample=3, split='train', repeats=2, name='refcocog', **common)
 region_caption = dict(type=ReferRegionCaptionDataset, data_root=data_root + 'ref_seg/refcocog',
                       split_file='refs(umd).p', data_prefix=dict(img_path='../../coco2014/train2014/'),
-                      num_classes_per_sample=2, split='train', name='refcocog_region_caption', **common)
+                      num_classes_per_sample=2, split='train', repeats=4, name='refcocog_region_caption',
+                      **common)
 custom_seg = dict(type=CustomJsonDataset, data_root=data_root + 'custom', task='seg',
                   extra_image_processor=sam2_processor, name='custom_seg', **common)
 

@@ -87,11 +87,20 @@ class LossCurveHook(Hook):
         keys = [k for k in self.history[0] if k != "iter"]
         its = [r["iter"] for r in self.history]
         fig, ax = plt.subplots(figsize=(8, 4.5))
+        window = max(1, min(20, len(its) // 20))
         for k in keys:
-            ax.plot(its, [r.get(k, float("nan")) for r in self.history], label=k, linewidth=1.2)
+            values = [r.get(k, float("nan")) for r in self.history]
+            line, = ax.plot(its, values, linewidth=0.6, alpha=0.3)
+            # mask terms are exactly 0 on batches without masks: average only the batches that had masks
+            skip_zero = k in ("loss_mask", "loss_dice")
+            smooth = []
+            for i in range(len(values)):
+                win = [v for v in values[max(0, i - window + 1):i + 1] if not (skip_zero and v == 0.0)]
+                smooth.append(sum(win) / len(win) if win else float("nan"))
+            ax.plot(its, smooth, color=line.get_color(), linewidth=1.6, label=f"{k} (mean of {window})")
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
-        ax.set_yscale("log")
+        ax.set_yscale("symlog", linthresh=0.1)
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_title(osp.basename(runner.work_dir))
