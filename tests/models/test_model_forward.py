@@ -166,3 +166,23 @@ def test_whole_model_in_bf16_like_deepspeed(tiny_models):
     assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_mask"].item() > 0
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_uniform_module_calls_runs_the_encoders_on_placeholders(tiny_models, monkeypatch):
+    """ZeRO-3 mode: a batch without masks/images still calls the SAM2 image encoder and the vision tower."""
+    m = BUILDER.build(model_config(tiny_models, uniform_module_calls=True))
+    calls = []
+    enc = m.grounding_encoder.sam2_model.image_encoder
+    orig = enc.forward
+    monkeypatch.setattr(enc, "forward", lambda *a, **k: calls.append("sam2") or orig(*a, **k))
+    losses = m(collate([caption_sample(m)]), mode="loss")
+    assert calls == ["sam2"] and losses["loss_mask"].item() == 0.0
+    tok = m.tokenizer
+    ids = torch.tensor(tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello", add_special_tokens=False).input_ids)
+    text = dict(input_ids=ids, labels=ids.clone(), pixel_values=None, g_pixel_values=None, masks=None,
+                prompt_masks=None, frames_per_batch=1)
+    vis = m.mllm.hf_model.model.vision_tower
+    vorig = vis.forward
+    monkeypatch.setattr(vis, "forward", lambda *a, **k: calls.append("vit") or vorig(*a, **k))
+    losses = m(collate([text]), mode="loss")
+    assert "vit" in calls and torch.isfinite(losses["llm_loss"])

@@ -143,6 +143,8 @@ def prepare_config(cfg: Config, work_dir: str | None = None, resume: str | None 
     flexible = bool(deepspeed)
     if deepspeed:
         cfg.strategy = deepspeed_strategy(cfg, deepspeed)
+        if cfg.strategy["config"].get("zero_optimization", {}).get("stage") == 3:
+            cfg.model.uniform_module_calls = True  # ZeRO-3 needs every module called on every rank
         cfg.optim_wrapper = dict(type="DeepSpeedOptimWrapper", optimizer=cfg.optim_wrapper.optimizer)
         cfg.pop("model_wrapper_cfg", None)
     return cfg, flexible

@@ -221,9 +221,12 @@ class InternVLMLLM(nn.Module):
             if any(n_ctx):
                 bad = [i for i, n in enumerate(n_ctx) if n]
                 raise ValueError(f"batch index {bad[0]}: {n_ctx[bad[0]]} <IMG_CONTEXT> tokens but no pixel_values")
-            # keep the projector in the graph so DDP/ZeRO see a gradient for it
-            proj = self.hf_model.model.multi_modal_projector
-            dummy = proj(embeds.new_zeros(1, 1, proj.layer_norm.normalized_shape[0]))
+            # keep the projector in the graph so DDP/ZeRO see a gradient for it (ZeRO-3: the vision tower too)
+            if getattr(self, "uniform_module_calls", False):
+                dummy = self.image_features(embeds.new_zeros(1, 3, self.tile_size, self.tile_size))
+            else:
+                proj = self.hf_model.model.multi_modal_projector
+                dummy = proj(embeds.new_zeros(1, 1, proj.layer_norm.normalized_shape[0]))
             return embeds + dummy.sum() * 0.0
         if num_tiles is None:
             num_tiles = [pixel_values.shape[0] // input_ids.shape[0]] * input_ids.shape[0]

@@ -45,12 +45,16 @@ class VideoLLaVASAMModel(BaseModel):
         skip_seg_mask_mismatch: a sample whose ``[SEG]`` count differs from its mask count raises by default;
             with this flag its masks are skipped and counted in ``self.num_skipped_mismatch`` with a warning.
         frozen_sam2_decoder: also freeze SAM2's mask decoder.
+        uniform_module_calls: every step calls every module on every rank (the SAM2 image encoder on one black
+            image when a batch has no masks, the vision tower on one black tile when it has no image), as DeepSpeed
+            ZeRO-3 requires; ``tools/train.py --deepspeed zero3`` turns it on.
     """
 
     def __init__(self, mllm, grounding_encoder, loss_mask=None, loss_dice=None, pretrained_pth=None,
                  loss_sample_points: bool = True, num_points: int = 12544, oversample_ratio: float = 3.0,
                  importance_sample_ratio: float = 0.75, num_objects_per_frame: int | None = None,
-                 skip_seg_mask_mismatch: bool = False, frozen_sam2_decoder: bool = False, data_preprocessor=None):
+                 skip_seg_mask_mismatch: bool = False, frozen_sam2_decoder: bool = False,
+                 uniform_module_calls: bool = False, data_preprocessor=None):
         super().__init__(data_preprocessor=data_preprocessor)
         self.mllm = _build(mllm)
         self.grounding_encoder = _build(grounding_encoder)
@@ -73,6 +77,8 @@ class VideoLLaVASAMModel(BaseModel):
         self.num_objects_per_frame = num_objects_per_frame
         self.skip_seg_mask_mismatch = skip_seg_mask_mismatch
         self.num_skipped_mismatch = 0
+        self.uniform_module_calls = uniform_module_calls
+        self.mllm.uniform_module_calls = uniform_module_calls
         if pretrained_pth is not None:
             self.load_pretrained(pretrained_pth)
 
@@ -230,7 +236,11 @@ class VideoLLaVASAMModel(BaseModel):
         ZeRO never wait for gradients that a mask-free batch did not produce. No image encoder run."""
         runner = self.grounding_encoder
         prompt = self.text_hidden_fcs(hidden[:1, 0])  # [1,C]
-        features = runner.zero_features(batch=1, device=hidden.device)
+        if self.uniform_module_calls:  # ZeRO-3 gathers parameters collectively: every rank runs the encoder
+            side = runner.image_size
+            features = runner.encode_images(torch.zeros(1, 3, side, side, device=hidden.device))
+        else:
+            features = runner.zero_features(batch=1, device=hidden.device)
         out = runner.decode(features, prompt, torch.zeros(1, dtype=torch.long, device=hidden.device))
         return out["masks"].sum() * 0.0 + out["aux"]
 
