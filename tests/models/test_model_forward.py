@@ -186,3 +186,21 @@ def test_uniform_module_calls_runs_the_encoders_on_placeholders(tiny_models, mon
     monkeypatch.setattr(vis, "forward", lambda *a, **k: calls.append("vit") or vorig(*a, **k))
     losses = m(collate([text]), mode="loss")
     assert "vit" in calls and torch.isfinite(losses["llm_loss"])
+
+
+def test_frozen_vit_runs_without_grad_even_with_checkpointing(tiny_models):
+    """Gradient checkpointing makes transformers' vision embeddings require grad; the frozen ViT must still not
+    build a graph (its backward and recomputation would be wasted work), while the projector keeps its gradient."""
+    cfg = model_config(tiny_models)
+    cfg["mllm"]["gradient_checkpointing"] = True
+    m = BUILDER.build(cfg)
+    ref = m.mllm.hf_model.model.get_image_features(pixel_values=torch.ones(2, 3, 112, 112))
+    ref = ref.pooler_output if hasattr(ref, "pooler_output") else ref
+    feats = m.mllm.image_features(torch.ones(2, 3, 112, 112))
+    assert torch.allclose(feats, ref, atol=1e-6)  # same features as transformers' own path
+    assert feats.requires_grad and feats.grad_fn is not None  # projector in the graph
+    proj_in = []
+    h = m.mllm.hf_model.model.multi_modal_projector.register_forward_pre_hook(lambda mod, a: proj_in.append(a[0]))
+    m.mllm.image_features(torch.ones(1, 3, 112, 112))
+    h.remove()
+    assert not proj_in[0].requires_grad  # nothing upstream of the projector needs a backward

@@ -179,14 +179,24 @@ class InternVLMLLM(nn.Module):
 
     # -- vision -----------------------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """tiles [T,3,s,s] -> features [T, tokens_per_tile, D]."""
-        base = self.hf_model
-        out = base.model.get_image_features(
-            pixel_values=pixel_values.to(base.dtype),
-            vision_feature_layer=base.config.vision_feature_layer,
-            vision_feature_select_strategy=base.config.vision_feature_select_strategy,
-        )
-        return out.pooler_output if hasattr(out, "pooler_output") else out
+        """tiles [T,3,s,s] -> features [T, tokens_per_tile, D].
+
+        A frozen InternViT runs under ``no_grad``: with gradient checkpointing on, transformers makes the vision
+        embeddings require grad, which would otherwise run (and recompute) the whole ViT backward for nothing.
+        """
+        base = self.hf_model.model
+        cfg = base.config
+        frozen = not any(p.requires_grad for p in base.vision_tower.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            out = base.vision_tower(pixel_values=pixel_values.to(base.dtype), return_dict=True,
+                                    output_hidden_states=cfg.vision_feature_layer != -1)
+            x = out.last_hidden_state if cfg.vision_feature_layer == -1 else out.hidden_states[cfg.vision_feature_layer]
+            if cfg.vision_feature_select_strategy == "default":
+                x = x[:, 1:]  # drop CLS
+            side = int(x.shape[1] ** 0.5)
+            x = base.pixel_shuffle(x.reshape(x.shape[0], side, side, -1), scale_factor=cfg.downsample_ratio)
+            x = x.reshape(x.shape[0], -1, x.shape[-1])  # [T, tokens_per_tile, C*4]
+        return base.multi_modal_projector(x)  # [T, tokens_per_tile, D]
 
     def visual_embeddings(self, pixel_values, num_tiles, prompt_masks) -> list[torch.Tensor]:
         """Per sample: the features that fill its ``<IMG_CONTEXT>`` positions, in order: all tiles' tokens, then
