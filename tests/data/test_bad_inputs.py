@@ -40,8 +40,13 @@ def test_missing_image_file(make_refer, image_dir_copy):
     skipping = make_refer(image_dir=str(image_dir_copy), skip_bad_records=True)
     item = skipping[0]
     assert f"image_id={skipping.records[1]['image_id']}" in item["record_id"]  # moved on to the next record
-    skipping[0]
+    again = skipping[0]
     assert skipping.skip_counts == {"missing_image": 1}  # counted once per record
+    # the count travels with the items (reported once) so the training loop sees it from dataloader workers
+    name = skipping.name
+    assert item["data_issues"] == {f"{name}: skipped: missing_image": 1} and again["data_issues"] == {}
+    from sa2va.datasets.collate import sa2va_collate_fn
+    assert sa2va_collate_fn([item, again])["data"]["data_issues"] == {f"{name}: skipped: missing_image": 1}
 
 
 def test_corrupt_image(make_refer, image_dir_copy):

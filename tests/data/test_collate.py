@@ -25,7 +25,7 @@ def test_shapes_and_padding():
     assert set(out) == {"data", "data_samples"} and out["data_samples"] is None
     data = out["data"]
     assert set(data) == {"input_ids", "labels", "attention_mask", "position_ids", "pixel_values", "num_tiles",
-                         "g_pixel_values", "masks", "prompt_masks", "frames_per_batch"}
+                         "g_pixel_values", "masks", "prompt_masks", "frames_per_batch", "data_issues"}
     assert data["input_ids"].shape == data["labels"].shape == (3, 8)
     assert data["input_ids"].dtype == data["labels"].dtype == data["position_ids"].dtype == torch.long
     assert data["attention_mask"].dtype == torch.bool

@@ -207,8 +207,18 @@ class ImageDatasetBase(Dataset):
                 self.logger.warning(f"{self.name}: skipping: {e}")
                 continue
             item["data_source"] = self.name
+            item["data_issues"] = self._new_issues()
             return item
         raise RuntimeError(f"{self.name}: no good record left (skipped: {dict(self.skip_counts)})")
+
+    def _new_issues(self) -> dict[str, int]:
+        """Skips and truncations counted in this process since the last item, so they travel with the batches to
+        the training loop (dataloader workers keep their own counters)."""
+        now = Counter({f"{self.name}: skipped: {r}": n for r, n in self.skip_counts.items()})
+        now.update({f"{self.name}: truncated: {r}": n for r, n in self.truncations.items()})
+        reported = getattr(self, "_reported_issues", Counter())
+        self._reported_issues = now
+        return {k: n - reported.get(k, 0) for k, n in now.items() if n > reported.get(k, 0)}
 
     @property
     def lengths(self) -> list[int]:

@@ -16,6 +16,15 @@ def _record(item: dict, index: int) -> str:
     return item.get("record_id") or f"batch item {index}"
 
 
+def _sum_issues(per_item) -> dict[str, int]:
+    """Skip/truncation counts carried by the items (``"dataset: skipped: reason" -> n``), summed."""
+    total: dict[str, int] = {}
+    for issues in per_item:
+        for k, n in (issues or {}).items():
+            total[k] = total.get(k, 0) + n
+    return total
+
+
 def sa2va_collate_fn(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
     """Right-pad token sequences and gather the per-sample vision inputs.
 
@@ -66,5 +75,6 @@ def sa2va_collate_fn(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
         masks=[x.get("masks") for x in instances],
         prompt_masks=[x.get("prompt_masks") for x in instances],
         frames_per_batch=[int(x.get("frames_per_batch", 1)) for x in instances],
+        data_issues=_sum_issues(x.get("data_issues") for x in instances),
     )
     return {"data": data, "data_samples": None}

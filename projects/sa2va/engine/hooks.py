@@ -112,9 +112,13 @@ class LossCurveHook(Hook):
 @BUILDER.register_module()
 class DatasetSummaryHook(Hook):
     """At the start: per dataset samples, repeats and share of the epoch. At the end: records skipped or
-    truncated, per dataset and reason (counted in the main process and in dataloader workers)."""
+    truncated, per dataset and reason, summed over ranks and dataloader workers (the counts travel with the
+    batches as ``data_issues``)."""
 
     priority = "VERY_LOW"
+
+    def __init__(self):
+        self.issues: Counter = Counter()
 
     def before_train(self, runner):
         dataset = runner.train_dataloader.dataset
@@ -129,21 +133,22 @@ class DatasetSummaryHook(Hook):
         lines.append(f"{'total':<36}{total:>10}")
         runner.logger.info("training data:\n" + "\n".join(lines))
 
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        data = data_batch.get("data") if isinstance(data_batch, dict) else None
+        if isinstance(data, dict):
+            self.issues.update(data.get("data_issues") or {})
+
     def after_train(self, runner):
+        from mmengine.dist import all_gather_object
+
         counts: Counter = Counter()
-        for d in _unwrap_dataset(runner.train_dataloader.dataset):
-            name = getattr(d, "name", type(d).__name__)
-            for reason, n in getattr(d, "skip_counts", {}).items():
-                counts[(name, f"skipped: {reason}")] += n
-            trunc = getattr(d, "truncations", 0)
-            for reason, n in (trunc.items() if isinstance(trunc, dict) else [("truncated", trunc)]):
-                if n:
-                    counts[(name, f"truncated: {reason}")] += n
+        for rank_counts in all_gather_object(dict(self.issues)):  # every rank's batches
+            counts.update(rank_counts)
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         if getattr(model, "num_skipped_mismatch", 0):
-            counts[("model", "[SEG]/mask count mismatch skipped")] += model.num_skipped_mismatch
+            counts["model: [SEG]/mask count mismatch: skipped"] += model.num_skipped_mismatch
         if not counts:
-            runner.logger.info("data issues: no record was skipped or truncated (main process counts)")
+            runner.logger.info("data issues: no record was skipped or truncated")
             return
-        lines = [f"{name}: {reason}: {n}" for (name, reason), n in sorted(counts.items())]
-        runner.logger.warning("data issues during training (main process counts):\n  " + "\n  ".join(lines))
+        lines = [f"{k}: {n}" for k, n in sorted(counts.items())]
+        runner.logger.warning("data issues during training (all ranks and workers):\n  " + "\n  ".join(lines))
