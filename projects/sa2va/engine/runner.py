@@ -17,6 +17,7 @@ import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
+from ..config_utils import set_model_dtype, type_name
 from .checkpoint import find_resumable_checkpoint, register_checkpoint_safe_globals
 
 DEEPSPEED_CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))),
@@ -26,27 +27,14 @@ _STANDARD_HOOKS = ("sa2va.engine.hooks.ThroughputHook", "sa2va.engine.hooks.Loss
                    "sa2va.engine.hooks.DatasetSummaryHook", "sa2va.engine.resume_state.ResumeStateHook")
 
 
-def _set_dtype(node, dtype: str) -> None:
-    """Set every ``torch_dtype`` inside a (nested) model config."""
-    if isinstance(node, dict):
-        if "torch_dtype" in node:
-            node["torch_dtype"] = dtype
-        for v in node.values():
-            _set_dtype(v, dtype)
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            _set_dtype(v, dtype)
-
-
 def adapt_to_cpu(cfg: Config) -> None:
     """Run a GPU config on CPU: float32 weights, plain OptimWrapper, gloo."""
     ow = cfg.optim_wrapper
-    if ow.get("type") in ("AmpOptimWrapper", "DeepSpeedOptimWrapper") or getattr(ow.get("type"), "__name__", "") in (
-            "AmpOptimWrapper", "DeepSpeedOptimWrapper"):
+    if type_name(ow.get("type", "")) in ("AmpOptimWrapper", "DeepSpeedOptimWrapper"):
         ow.type = "OptimWrapper"
     for key in ("dtype", "loss_scale"):
         ow.pop(key, None)
-    _set_dtype(cfg.model, "float32")
+    set_model_dtype(cfg.model, "float32")
     cfg.setdefault("env_cfg", ConfigDict())
     cfg.env_cfg.setdefault("dist_cfg", ConfigDict())
     cfg.env_cfg.dist_cfg.backend = "gloo"
@@ -84,12 +72,9 @@ def deepspeed_strategy(cfg: Config, spec: str) -> dict:
 
 
 def _add_standard_hooks(cfg: Config) -> None:
-    def _name(t):
-        return t.rsplit(".", 1)[-1] if isinstance(t, str) else t.__name__
-
-    present = {_name(h["type"]) for h in cfg.get("custom_hooks", [])}
+    present = {type_name(h["type"]) for h in cfg.get("custom_hooks", [])}
     cfg.custom_hooks = list(cfg.get("custom_hooks", [])) + [
-        dict(type=path) for path in _STANDARD_HOOKS if _name(path) not in present]
+        dict(type=path) for path in _STANDARD_HOOKS if type_name(path) not in present]
 
 
 def _drop_unavailable_vis_backends(cfg: Config) -> None:

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from mmengine.logging import MMLogger
 
 from ..datasets.text import REGION_CAPTION_QUESTION
-from .distributed import gather_records, shard, world_info
+from .distributed import gather_records
 from .metrics import CAPTION_METRICS, caption_metrics
-from .refer_eval import _eval_view, predictor_for
+from .refer_eval import prepare_eval
 
 CAPTION_QUESTION = REGION_CAPTION_QUESTION.format(index=1)
 
@@ -50,11 +50,7 @@ def evaluate_region_captions(model, dataset, max_items: int | None = None, quest
 
     Returns ``{metric: score, ..., 'n_items': regions}``, identical on every rank.
     """
-    view = _eval_view(dataset)
-    predictor = predictor_for(model, dataset, **predictor_kwargs)
-    rank, world_size = world_info(rank, world_size)
-    n_images = len(view) if max_items is None else min(int(max_items), len(view))
-    mine = shard(range(n_images), rank, world_size)
+    view, predictor, rank, mine = prepare_eval(model, dataset, max_items, rank, world_size, predictor_kwargs)
     logger = MMLogger.get_current_instance()
 
     records = []

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from ..datasets.image_processing import DirectResize
 from ..datasets.refer import ReferSegmDataset
 from ..inference.loading import iter_dataset_configs
+from ..config_utils import type_name
 from ..registry import BUILDER
 
 SPLITS = {"refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"), "refcocog": ("val", "test")}
@@ -41,12 +42,8 @@ def check_split(name: str, split: str) -> None:
         raise ValueError(f"{name} has no split {split!r}; its evaluation splits are {list(SPLITS[name])}")
 
 
-def _type_name(t) -> str:
-    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
-
-
 def _refer_configs(cfg) -> list[Mapping]:
-    return [d for d in iter_dataset_configs(cfg) if _type_name(d["type"]) in _REFER_TYPES and "data_root" in d]
+    return [d for d in iter_dataset_configs(cfg) if type_name(d["type"]) in _REFER_TYPES and "data_root" in d]
 
 
 def _root_name(data_root: str) -> str:
@@ -61,7 +58,7 @@ def dataset_args_from_config(cfg, name: str) -> dict:
                          "layout from; pass --data-root (and --img-dir)")
     exact = [d for d in found if _root_name(d["data_root"]) == name or d.get("name") == name]
     if exact:
-        seg = [d for d in exact if _type_name(d["type"]) == "ReferSegmDataset"]
+        seg = [d for d in exact if type_name(d["type"]) == "ReferSegmDataset"]
         src = (seg or exact)[0]
         args = {k: src[k] for k in _COPIED if k in src}
         if _root_name(src["data_root"]) != name:

@@ -44,6 +44,16 @@ def _eval_view(dataset):
     return dataset.eval_view() if hasattr(dataset, "eval_view") else dataset
 
 
+def prepare_eval(model, dataset, max_items, rank, world_size, predictor_kwargs):
+    """What every evaluation over a REFER split starts with: the eval view, a predictor, this rank and the image
+    indices it evaluates (the first ``max_items`` images, dealt round-robin over ranks)."""
+    view = _eval_view(dataset)
+    predictor = predictor_for(model, dataset, **predictor_kwargs)
+    rank, world_size = world_info(rank, world_size)
+    n_images = len(view) if max_items is None else min(int(max_items), len(view))
+    return view, predictor, rank, shard(range(n_images), rank, world_size)
+
+
 def evaluate_refer(model, dataset, max_items: int | None = None, prompt: str = EVAL_PROMPT,
                    return_sentences: bool = False, on_item: Callable | None = None, rank: int | None = None,
                    world_size: int | None = None, **predictor_kwargs) -> dict:
@@ -66,11 +76,7 @@ def evaluate_refer(model, dataset, max_items: int | None = None, prompt: str = E
     """
     if "{sent}" not in prompt:
         raise ValueError(f"prompt must contain '{{sent}}', got {prompt!r}")
-    view = _eval_view(dataset)
-    predictor = predictor_for(model, dataset, **predictor_kwargs)
-    rank, world_size = world_info(rank, world_size)
-    n_images = len(view) if max_items is None else min(int(max_items), len(view))
-    mine = shard(range(n_images), rank, world_size)
+    view, predictor, rank, mine = prepare_eval(model, dataset, max_items, rank, world_size, predictor_kwargs)
     logger = MMLogger.get_current_instance()
 
     sentences = []

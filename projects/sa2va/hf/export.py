@@ -121,6 +121,18 @@ def read_trainable_state(ckpt: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+
+def load_trainable_checkpoint(model, ckpt: str | os.PathLike, config=None) -> None:
+    """Load a training checkpoint (see :func:`read_trainable_state`) into ``model`` strictly: every trainable
+    weight present, no key unknown. Errors name the checkpoint (and the config it was built from)."""
+    state = read_trainable_state(ckpt)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        where = f"{ckpt} (with config {config})" if config is not None else str(ckpt)
+        raise RuntimeError(f"{where} does not fit the model: {e}") from None
+    MMLogger.get_current_instance().info(f"loaded {len(state)} trainable tensors from {ckpt}")
+
 def _constructor_arg(cfg: dict, cls, name: str):
     """``cfg[name]`` or the default of ``cls``'s constructor argument ``name``."""
     return cfg.get(name, inspect.signature(cls).parameters[name].default)
@@ -152,12 +164,7 @@ def export_from_config(config: str | os.PathLike, checkpoint: str | os.PathLike 
     model_cfg.mllm.torch_dtype = "float32"  # merge in fp32, round once to the export dtype
     model = BUILDER.build(cfg.model)
     if checkpoint is not None:
-        state = read_trainable_state(checkpoint)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise RuntimeError(f"{checkpoint} (with config {config}): {e}") from None
-        MMLogger.get_current_instance().info(f"loaded {len(state)} trainable tensors from {checkpoint}")
+        load_trainable_checkpoint(model, checkpoint, config)
     else:
         MMLogger.get_current_instance().warning("no checkpoint given: exporting the model as the config builds it")
     sam2_cfg = model_cfg.grounding_encoder

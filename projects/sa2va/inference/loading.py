@@ -17,6 +17,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
+from ..config_utils import set_model_dtype, type_name
 from ..registry import BUILDER
 
 # keys of a dataset config that are inference settings, and the predictor argument each one sets
@@ -32,26 +33,10 @@ def _default_dtype(device: torch.device) -> str:
     return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
 
 
-def set_model_dtype(node, dtype: str) -> None:
-    """Set every ``torch_dtype`` inside a (nested) model config."""
-    if isinstance(node, Mapping):
-        if "torch_dtype" in node:
-            node["torch_dtype"] = dtype
-        for v in node.values():
-            set_model_dtype(v, dtype)
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            set_model_dtype(v, dtype)
-
-
-def _type_name(t) -> str:
-    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
-
-
 def iter_dataset_configs(node):
     """Every dict with a ``type`` whose name ends in ``Dataset`` inside a config (depth first)."""
     if isinstance(node, Mapping):
-        if "type" in node and _type_name(node["type"]).endswith("Dataset"):
+        if "type" in node and type_name(node["type"]).endswith("Dataset"):
             yield node
         for v in node.values():
             yield from iter_dataset_configs(v)
@@ -77,19 +62,6 @@ def inference_settings(cfg: Config) -> dict:
     return settings
 
 
-def load_weights(model, path: str | os.PathLike) -> None:
-    """Load a training checkpoint (file or DeepSpeed directory, read by :func:`sa2va.hf.read_trainable_state`)
-    into ``model``; every trainable weight must be present, no key unknown."""
-    from ..hf import read_trainable_state
-
-    state = read_trainable_state(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise RuntimeError(f"checkpoint {path} does not fit the model of this config: {e}") from e
-    MMLogger.get_current_instance().info(f"loaded {len(state)} tensors from {path}")
-
-
 def load_model_from_config(config: str | os.PathLike | Config, checkpoint: str | os.PathLike | None = None,
                            device=None, dtype: str | None = None, cfg_options: dict | None = None):
     """Build ``cfg.model`` (weights in ``dtype``: default bf16 on a bf16 GPU, else fp32), load ``checkpoint``,
@@ -104,7 +76,9 @@ def load_model_from_config(config: str | os.PathLike | Config, checkpoint: str |
     set_model_dtype(cfg.model, dtype or _default_dtype(device))
     model = BUILDER.build(cfg.model)
     if checkpoint is not None:
-        load_weights(model, checkpoint)
+        from ..hf import load_trainable_checkpoint
+
+        load_trainable_checkpoint(model, checkpoint, config if isinstance(config, (str, os.PathLike)) else None)
     else:
         MMLogger.get_current_instance().warning("no checkpoint given, using the config's weights")
     return model.to(device).eval(), inference_settings(cfg)
