@@ -154,8 +154,10 @@ class VideoLLaVASAMModel(BaseModel):
         input_ids = data["input_ids"]
         masks = data.get("masks") or [None] * input_ids.shape[0]
         g_pixels = data.get("g_pixel_values") or [None] * input_ids.shape[0]
-        seg_counts = (input_ids == self.seg_token_idx).sum(1).tolist()
-        prompts_all = self.text_hidden_fcs(hidden)  # [B,L,C]
+        is_seg = input_ids == self.seg_token_idx  # [B,L]
+        seg_counts = is_seg.sum(1).tolist()
+        # project only the [SEG] positions (row-major order), then split per sample
+        prompts_per_row = torch.split(self.text_hidden_fcs(hidden[is_seg]), seg_counts)  # B x [n_seg_i,C]
         prompts, image_index, gts, frames = [], [], [], []
         for i, (m, g, n_seg) in enumerate(zip(masks, g_pixels, seg_counts)):
             if m is None or g is None:
@@ -174,7 +176,7 @@ class VideoLLaVASAMModel(BaseModel):
                 self.num_skipped_mismatch += 1
                 MMLogger.get_current_instance().warning(msg + f" -> skipped ({self.num_skipped_mismatch} so far)")
                 continue
-            emb = prompts_all[i][input_ids[i] == self.seg_token_idx]  # [n_obj,C]
+            emb = prompts_per_row[i]  # [n_obj,C]
             gt = m.view(n_obj, n_frames, *m.shape[-2:])  # object-major layout
             frame_imgs = g if g.dim() == 4 else g[None]
             for f in range(n_frames):
