@@ -12,6 +12,7 @@ Variants (run side by side in one process):
              gradient checkpointing on
   optimized  new-token rows only (peft trainable_token_indices), LM head only at supervised positions,
              gradient checkpointing off where memory allows (``--ckpt`` to force it on)
+  compiled   optimized + torch.compile of every LLM decoder layer and ViT layer (``compile_layers=True``)
 
 Per variant: samples/s, tokens/s, step split (ViT fwd / SAM2 encoder fwd / optimizer, each timed alone; the rest =
 LLM fwd+bwd + decoder + losses), peak memory, and MFU = model FLOPs / (step time x 786 TFLOP/s) where model FLOPs
@@ -67,7 +68,8 @@ def build_model(path: str, variant: str, ckpt: bool):
     mllm = InternVLMLLM(path, torch_dtype="bfloat16", random_init=True,
                         llm_lora=LoraConfig(r=128, lora_alpha=256, lora_dropout=0.05, bias="none"),
                         new_token_training="full" if baseline else "rows",
-                        gradient_checkpointing=ckpt, loss_on_supervised_only=not baseline)
+                        gradient_checkpointing=ckpt, loss_on_supervised_only=not baseline,
+                        compile_layers=variant == "compiled")
     sam = SAM2TrainRunner("sam2_hiera_l.yaml", ckpt_path=None)
     model = VideoLLaVASAMModel(
         mllm=mllm, grounding_encoder=sam,
@@ -171,6 +173,8 @@ def count_flops(model, data) -> float:
     attn = lm.config._attn_implementation
     lm.config._attn_implementation = "eager"
     total = 0.0
+    stance = torch.compiler.set_stance("force_eager")  # compiled layers count as their eager code
+    stance.__enter__()
     try:
         for sample in split_batch(data):
             with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
@@ -181,6 +185,7 @@ def count_flops(model, data) -> float:
             del losses
             torch.cuda.empty_cache()
     finally:
+        stance.__exit__(None, None, None)
         lm.config._attn_implementation = attn
     if ckpt:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -206,7 +211,7 @@ def bench(model, variant, batch, micro_batch, ckpt, steps, warmup):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
+    for _ in range(warmup + (3 if variant == "compiled" else 0)):  # compiled: first steps compile
         step()
     torch.cuda.synchronize()
     t_step = cuda_time(step, steps)
@@ -254,6 +259,8 @@ def main():
     with tempfile.TemporaryDirectory() as root:
         path = write_model_dir(args.shape, root)
         for variant in args.variants:
+            if variant not in ("baseline", "optimized", "compiled"):
+                raise SystemExit(f"unknown variant {variant!r}")
             ckpt = {"on": True, "off": False}.get(args.ckpt, variant == "baseline")
             model = build_model(path, variant, ckpt)
             for batch in args.batches:

@@ -10,19 +10,23 @@ from mmengine.logging import MMLogger
 _MARKER = "demo_assets.json"
 
 
-def make_demo_assets(root: str | os.PathLike, seed: int = 0, num_images: int = 48) -> dict:
-    """Write ``root/{tiny_internvl, tiny_sam2, data}`` unless a complete set with these arguments exists."""
+def make_demo_assets(root: str | os.PathLike, seed: int = 0, num_images: int = 48, internvl: dict | None = None,
+                     sam2: dict | None = None) -> dict:
+    """Write ``root/{tiny_internvl, tiny_sam2, data}`` unless a complete set with these arguments exists.
+    ``internvl`` / ``sam2``: model sizes (see :func:`sa2va.tiny_models.make_tiny_models`)."""
     from .datasets.synthetic import make_synthetic_data
     from .tiny_models import make_tiny_models
 
     root = Path(root)
     marker = root / _MARKER
     wanted = {"seed": seed, "num_images": num_images}
+    if internvl or sam2:
+        wanted.update(internvl=internvl or {}, sam2=sam2 or {})
     if marker.is_file() and json.loads(marker.read_text()).get("args") == wanted:
         return json.loads(marker.read_text())["paths"]
     logger = MMLogger.get_current_instance()
     logger.info(f"writing demo assets (tiny models + {num_images} synthetic images) to {root}")
-    paths = make_tiny_models(root, seed=seed)
+    paths = make_tiny_models(root, seed=seed, internvl=internvl, sam2=sam2)
     paths.update({f"data_{k}": str(v) for k, v in make_synthetic_data(root / "data", seed=seed,
                                                                       num_images=num_images).items()})
     marker.write_text(json.dumps({"args": wanted, "paths": paths}, indent=1))

@@ -82,22 +82,29 @@ def make_tiny_tokenizer(vocab_size: int = 600):
 
 
 def tiny_internvl_config(vocab_size: int, image_token_id: int, eos_token_id: int, pad_token_id: int,
-                         image_size: int = 112):
-    """An InternVL config of the real architecture, shrunk: 112-px tiles, patch 14 -> 16 tokens per tile."""
+                         image_size: int = 112, vision_hidden: int = 32, vision_layers: int = 2,
+                         vision_heads: int = 2, text_hidden: int = 64, text_layers: int = 2, text_heads: int = 4,
+                         text_kv_heads: int = 2, text_init_range: float = 0.15):
+    """An InternVL config of the real architecture, shrunk. Default: 112-px tiles, patch 14 -> 16 tokens per tile,
+    a 2-layer ViT of width 32 and a 2-layer Qwen2 of width 64; the sizes are arguments (the learning-proof model
+    is larger)."""
     from transformers import InternVLConfig, InternVLVisionConfig, Qwen2Config
 
     vision = InternVLVisionConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        hidden_size=vision_hidden, num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
+        intermediate_size=2 * vision_hidden,
         image_size=[image_size, image_size], patch_size=[14, 14], norm_type="layer_norm",
         layer_scale_init_value=0.1, use_qk_norm=False, use_mean_pooling=False,
     )
     text = Qwen2Config(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        hidden_size=text_hidden, intermediate_size=2 * text_hidden, num_hidden_layers=text_layers,
+        num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
         vocab_size=vocab_size, max_position_embeddings=4096, tie_word_embeddings=False,
         eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None,
         # a random head with the usual 0.02 init bounds the logits (|h| is fixed by the final RMSNorm), so a
         # frozen-head LoRA model could not fit anything; a wider init lets the tiny model learn like a real one
-        initializer_range=0.15,
+        # (a fully trained model takes the usual 0.02)
+        initializer_range=text_init_range,
     )
     tokens_per_tile = int((image_size // 14) ** 2 * 0.25)
     return InternVLConfig(
@@ -107,8 +114,9 @@ def tiny_internvl_config(vocab_size: int, image_token_id: int, eos_token_id: int
     )
 
 
-def make_tiny_internvl(save_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a tiny native-InternVL checkpoint directory (config, safetensors, tokenizer)."""
+def make_tiny_internvl(save_dir: str | os.PathLike, seed: int = 0, **sizes) -> Path:
+    """Write a tiny native-InternVL checkpoint directory (config, safetensors, tokenizer); ``sizes`` are
+    :func:`tiny_internvl_config` arguments (``image_size``, ``vision_hidden``, ``text_layers``, ...)."""
     from transformers import InternVLForConditionalGeneration
 
     save_dir = Path(save_dir)
@@ -119,6 +127,7 @@ def make_tiny_internvl(save_dir: str | os.PathLike, seed: int = 0) -> Path:
         image_token_id=tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN),
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **sizes,
     )
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
@@ -138,7 +147,7 @@ model:
     scalp: 1
     trunk:
       _target_: sam2.modeling.backbones.hieradet.Hiera
-      embed_dim: 8
+      embed_dim: {embed_dim}
       num_heads: 1
       stages: [1, 1, 2, 1]
       global_att_blocks: [3]
@@ -153,7 +162,7 @@ model:
         scale: null
         temperature: 10000
       d_model: 64
-      backbone_channel_list: [64, 32, 16, 8]
+      backbone_channel_list: [{c3}, {c2}, {c1}, {embed_dim}]
       fpn_top_down_levels: [2, 3]
       fpn_interp_model: nearest
   memory_attention:
@@ -169,7 +178,7 @@ model:
       self_attention:
         _target_: sam2.modeling.sam.transformer.RoPEAttention
         rope_theta: 10000.0
-        feat_sizes: [16, 16]
+        feat_sizes: [{feat}, {feat}]
         embedding_dim: 64
         num_heads: 1
         downsample_rate: 1
@@ -180,7 +189,7 @@ model:
       cross_attention:
         _target_: sam2.modeling.sam.transformer.RoPEAttention
         rope_theta: 10000.0
-        feat_sizes: [16, 16]
+        feat_sizes: [{feat}, {feat}]
         rope_k_repeat: true
         embedding_dim: 64
         num_heads: 1
@@ -215,7 +224,7 @@ model:
       num_layers: 1
     in_dim: 64
   num_maskmem: 7
-  image_size: 256
+  image_size: {image_size}
   sigmoid_scale_for_mem_enc: 20.0
   sigmoid_bias_for_mem_enc: -10.0
   use_mask_input_as_output_without_sam: true
@@ -238,14 +247,21 @@ model:
 """
 
 
-def make_tiny_sam2(save_dir: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
+def tiny_sam2_yaml(image_size: int = 256, embed_dim: int = 8) -> str:
+    """The tiny SAM2 config; ``embed_dim`` is Hiera's first-stage width (doubled at every stage)."""
+    return TINY_SAM2_YAML.format(image_size=image_size, feat=image_size // 16, embed_dim=embed_dim,
+                                 c1=2 * embed_dim, c2=4 * embed_dim, c3=8 * embed_dim)
+
+
+def make_tiny_sam2(save_dir: str | os.PathLike, seed: int = 0, image_size: int = 256,
+                   embed_dim: int = 8) -> tuple[Path, Path]:
     """Write ``sam2_tiny.yaml`` and a Meta-format ``sam2_tiny.pt`` (``{'model': state_dict}``)."""
     from .models.sam2_runner import instantiate_sam2
 
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = save_dir / "sam2_tiny.yaml"
-    cfg_path.write_text(TINY_SAM2_YAML)
+    cfg_path.write_text(tiny_sam2_yaml(image_size, embed_dim))
     torch.manual_seed(seed)
     model = instantiate_sam2(str(cfg_path))
     ckpt_path = save_dir / "sam2_tiny.pt"
@@ -253,9 +269,11 @@ def make_tiny_sam2(save_dir: str | os.PathLike, seed: int = 0) -> tuple[Path, Pa
     return cfg_path, ckpt_path
 
 
-def make_tiny_models(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, str]:
-    """Write both tiny checkpoints under ``out_dir``; returns their paths."""
+def make_tiny_models(out_dir: str | os.PathLike, seed: int = 0, internvl: dict | None = None,
+                     sam2: dict | None = None) -> dict[str, str]:
+    """Write both tiny checkpoints under ``out_dir``; returns their paths. ``internvl`` / ``sam2``: size
+    arguments of :func:`make_tiny_internvl` / :func:`make_tiny_sam2`."""
     out_dir = Path(out_dir)
-    internvl = make_tiny_internvl(out_dir / "tiny_internvl", seed=seed)
-    sam2_cfg, sam2_ckpt = make_tiny_sam2(out_dir / "tiny_sam2", seed=seed)
+    internvl = make_tiny_internvl(out_dir / "tiny_internvl", seed=seed, **(internvl or {}))
+    sam2_cfg, sam2_ckpt = make_tiny_sam2(out_dir / "tiny_sam2", seed=seed, **(sam2 or {}))
     return {"internvl": str(internvl), "sam2_cfg": str(sam2_cfg), "sam2_ckpt": str(sam2_ckpt)}

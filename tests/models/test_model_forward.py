@@ -204,3 +204,51 @@ def test_frozen_vit_runs_without_grad_even_with_checkpointing(tiny_models):
     m.mllm.image_features(torch.ones(1, 3, 112, 112))
     h.remove()
     assert not proj_in[0].requires_grad  # nothing upstream of the projector needs a backward
+
+
+def test_everything_trainable_from_random_init(tmp_path):
+    """The learning-proof setting: sized tiny models, every part trainable (ViT, LLM, projector, SAM2 encoder and
+    decoder); one mixed batch must send a non-zero gradient to each of them."""
+    from sa2va.tiny_models import make_tiny_models
+
+    tiny = make_tiny_models(tmp_path, internvl=dict(image_size=224, vision_hidden=48, text_layers=1),
+                            sam2=dict(image_size=128, embed_dim=16))
+    cfg = model_config(tiny, lora=False, new_token_training="full")
+    cfg["mllm"].update(freeze_llm=False, freeze_visual_encoder=False)
+    cfg["grounding_encoder"].update(freeze_image_encoder=False)
+    torch.manual_seed(0)
+    m = BUILDER.build(cfg)
+    assert m.mllm.tile_size == 224 and m.mllm.tokens_per_tile == 64 and m.grounding_encoder.image_size == 128
+    frozen = [n for n, p in m.named_parameters() if not p.requires_grad]
+    # only the video-memory modules and the (unused) point/mask prompt encoder stay frozen
+    assert frozen and all(k in n for n in frozen for k in ("grounding_encoder.",)), frozen[:5]
+    assert not [n for n in frozen if any(k in n for k in ("image_encoder", "sam_mask_decoder", "no_mem_embed"))]
+    batch = collate([seg_sample(m, n_masks=2), caption_sample(m)], m.tokenizer.pad_token_id)
+    sum(m(batch, mode="loss").values()).backward()
+    grads = _grads(m)
+    for part in ("vision_tower.encoder", "vision_tower.embeddings", "language_model.layers", "lm_head",
+                 "embed_tokens", "multi_modal_projector", "image_encoder.trunk", "image_encoder.neck",
+                 "sam_mask_decoder.transformer", "text_hidden_fcs"):
+        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if part in n), part
+
+
+@pytest.mark.slow
+def test_compiled_layers_match_eager(tiny_models):
+    """compile_layers=True (torch.compile per LLM/ViT layer) keeps parameter names and gives the eager losses and
+    gradients."""
+    results = []
+    for compile_layers in (False, True):
+        cfg = model_config(tiny_models)
+        cfg["mllm"]["compile_layers"] = compile_layers
+        torch.manual_seed(0)
+        m = BUILDER.build(cfg)
+        batch = collate([seg_sample(m, n_masks=2), caption_sample(m)], m.tokenizer.pad_token_id)
+        losses = m(batch, mode="loss")
+        sum(losses.values()).backward()
+        results.append((losses, _grads(m), sorted(m.state_dict())))
+    (l0, g0, k0), (l1, g1, k1) = results
+    assert k0 == k1
+    for k in l0:
+        assert torch.allclose(l0[k], l1[k], atol=1e-4), k
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], atol=1e-4, rtol=1e-3), n

@@ -163,20 +163,23 @@ def _split_of(order: np.ndarray, names: tuple[str, ...], fractions: tuple[float,
 def _write_refer(out: Path, name: str, split_by: str, images: list[dict], anns: list[dict], scene_objs: dict,
                  splits: dict[int, str], long_sentences: bool, rng: np.random.Generator) -> None:
     refs, ref_id, sent_id = [], 0, 0
+    first_ann = {}  # image id -> its first annotation id
+    for a in anns:
+        first_ann.setdefault(a["image_id"], a["id"])
+    image_by_id = {im["id"]: im for im in images}
     for ann in anns:
         image_id = ann["image_id"]
         if image_id not in splits:  # the image without refs
             continue
         obj = scene_objs[ann["id"]]
-        if not long_sentences and rng.random() < 0.2 and ann["id"] != min(
-                a["id"] for a in anns if a["image_id"] == image_id):
+        if not long_sentences and rng.random() < 0.2 and ann["id"] != first_ann[image_id]:
             continue  # not every object is referred to (but each image keeps at least one ref)
         sentences = []
         for raw in _sentences(obj["colour"], obj["shape"], obj["hpos"], obj["vpos"], long_sentences):
             sent = " ".join(raw.lower().replace(",", " ,").replace(".", " ").split())
             sentences.append(dict(raw=raw, sent=sent, tokens=sent.split(), sent_id=sent_id))
             sent_id += 1
-        image = next(im for im in images if im["id"] == image_id)
+        image = image_by_id[image_id]
         refs.append(dict(ref_id=ref_id, ann_id=ann["id"], image_id=image_id, split=splits[image_id],
                          sentences=sentences, sent_ids=[s["sent_id"] for s in sentences],
                          category_id=ann["category_id"],
@@ -193,8 +196,11 @@ def _write_refer(out: Path, name: str, split_by: str, images: list[dict], anns: 
 
 def _osprey_entries(images: list[dict], anns: list[dict], scene_objs: dict, rng: np.random.Generator):
     conv, detail, short = [], [], []
+    anns_of: dict[int, list[dict]] = {}
+    for a in anns:
+        anns_of.setdefault(a["image_id"], []).append(a)
     for im in images:
-        regions = [a for a in anns if a["image_id"] == im["id"]]
+        regions = anns_of.get(im["id"], [])
         objs = [scene_objs[a["id"]] for a in regions]
         base = dict(id=im["id"], file_name=im["file_name"], height=im["height"], width=im["width"],
                     annotation=[dict(segmentation=a["segmentation"], bbox=a["bbox"], area=a["area"],
@@ -259,12 +265,15 @@ def make_synthetic_data(out_dir: str | os.PathLike, seed: int = 0, num_images: i
 
     custom = out / "custom"
     (custom / "images").mkdir(parents=True, exist_ok=True)
+    anns_of: dict[int, list[dict]] = {}
+    for a in anns:
+        anns_of.setdefault(a["image_id"], []).append(a)
     records = []
     for im in images[: max(4, num_images // 3)]:
         src = Image.open(img_dir / im["file_name"])
         name = f"img_{im['id']:04d}.jpg"
         src.convert("RGB").save(custom / "images" / name, quality=92)
-        objs = [(a, scene_objs[a["id"]]) for a in anns if a["image_id"] == im["id"]]
+        objs = [(a, scene_objs[a["id"]]) for a in anns_of.get(im["id"], [])]
         records.append(dict(image=name, mask=[o["polygons"] for _, o in objs],
                             text=[_sentences(o["colour"], o["shape"], o["hpos"], o["vpos"], False)[0]
                                   for _, o in objs]))

@@ -54,13 +54,15 @@ class InternVLMLLM(nn.Module):
         random_init: build from ``config.json`` alone with random weights (benchmarks of real shapes).
         loss_on_supervised_only: apply the LM head only at supervised positions (default); ``False`` computes
             the full ``[B, L, vocab]`` logits first, as the original did (kept for benchmarks).
+        compile_layers: ``torch.compile`` every LLM decoder layer and ViT encoder layer in place (dynamic shapes;
+            parameter names and checkpoints are unchanged). The first steps of each new shape family compile.
     """
 
     def __init__(self, model_path: str | os.PathLike, special_tokens=DEFAULT_SPECIAL_TOKENS,
                  torch_dtype="bfloat16", attn_implementation: str = "sdpa", freeze_llm: bool = True,
                  freeze_visual_encoder: bool = True, freeze_projector: bool = False, llm_lora=None,
                  new_token_training: str = "rows", gradient_checkpointing: bool = False,
-                 random_init: bool = False, loss_on_supervised_only: bool = True):
+                 random_init: bool = False, loss_on_supervised_only: bool = True, compile_layers: bool = False):
         super().__init__()
         from transformers import InternVLForConditionalGeneration
 
@@ -120,6 +122,17 @@ class InternVLMLLM(nn.Module):
         self.prompt_grid = int(tile // patch * base.config.downsample_ratio)  # 16 for 448-px tiles
         self.tokens_per_tile = self.prompt_grid ** 2  # 256 for 448-px tiles
         self.hidden_size = base.config.text_config.hidden_size
+        if compile_layers:
+            self._compile_layers(base)
+
+    @staticmethod
+    def _compile_layers(base) -> None:
+        """Compile each repeated block (not the whole model: the glue between blocks changes with the batch's
+        mix of images, regions and masks, the blocks do not)."""
+        layers = list(base.model.language_model.layers) + list(base.model.vision_tower.encoder.layer)
+        for layer in layers:
+            layer.compile(dynamic=True)
+        MMLogger.get_current_instance().info(f"torch.compile: {len(layers)} LLM/ViT layers (dynamic shapes)")
 
     # -- construction helpers -------------------------------------------------------------------------------
     @staticmethod

@@ -98,11 +98,13 @@ class SAM2TrainRunner(nn.Module):
         hydra_overrides: dotlist overrides applied to the YAML (``model.image_size=512``, ...).
         image_size: input side length; overrides the config's ``image_size``.
         freeze_mask_decoder: keep the mask decoder frozen too (the original trains it).
+        freeze_image_encoder: keep the Hiera image encoder frozen (the original does); ``False`` trains it too,
+            e.g. a model trained from random init.
     """
 
     def __init__(self, cfg_path: str = "sam2_hiera_l.yaml", ckpt_path: str | None = None,
                  hydra_overrides: list[str] | None = None, image_size: int | None = None,
-                 freeze_mask_decoder: bool = False):
+                 freeze_mask_decoder: bool = False, freeze_image_encoder: bool = True):
         super().__init__()
         self.sam2_model = instantiate_sam2(cfg_path, hydra_overrides, image_size)
         if ckpt_path is not None:
@@ -112,6 +114,10 @@ class SAM2TrainRunner(nn.Module):
         self.sam2_model.requires_grad_(False)
         if not freeze_mask_decoder:
             self.sam2_model.sam_mask_decoder.requires_grad_(True)
+        if not freeze_image_encoder:
+            self.sam2_model.image_encoder.requires_grad_(True)
+            self.sam2_model.no_mem_embed.requires_grad_(True)
+        self.freeze_image_encoder = freeze_image_encoder
         self.register_buffer("pixel_mean", torch.tensor(SAM2_PIXEL_MEAN).view(3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(SAM2_PIXEL_STD).view(3, 1, 1) * 255, persistent=False)
 
@@ -128,14 +134,14 @@ class SAM2TrainRunner(nn.Module):
         return (images.float() - self.pixel_mean.float()) / self.pixel_std.float()
 
     def encode_images(self, images: torch.Tensor) -> dict:
-        """Run the frozen image encoder once per image. images: [F,3,S,S] 0..255.
+        """Run the image encoder once per image (under ``no_grad`` when frozen). images: [F,3,S,S] 0..255.
 
         Returns ``{'low_res': [F,C,S/16,S/16], 'high_res': [[F,C/8,S/4,S/4], [F,C/4,S/8,S/8]]}``; the
         high-res projections (``conv_s0``/``conv_s1``) belong to the mask decoder and keep their gradients.
         """
         sam = self.sam2_model
         encoder_dtype = next(sam.image_encoder.parameters()).dtype  # bf16 under DeepSpeed, else as loaded
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image_encoder):
             backbone_out = sam.image_encoder(self.preprocess_image(images).to(encoder_dtype))
         fpn = backbone_out["backbone_fpn"]  # 3 levels: S/4, S/8, S/16
         dtype = sam.sam_mask_decoder.conv_s0.weight.dtype

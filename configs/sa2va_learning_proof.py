@@ -1,0 +1,75 @@
+# Learning proof (issue 7): a small Sa2VA of the real architecture, EVERY part trainable from random init
+# (InternViT, Qwen2 LLM, projector, SAM2 Hiera encoder + mask decoder, text_hidden_fcs), trained on synthetic
+# shapes in the REFER format for <= 10 min on one H100, then evaluated on the held-out split:
+#   python tools/train.py configs/sa2va_learning_proof.py --work-dir work_dirs/learning_proof
+# Train and validation both come from the synthetic RefCOCOg (umd) splits, whose images are disjoint; the synthetic
+# RefCOCO splits are drawn independently, so mixing them in would leak validation images into training.
+# Segmentation is scored by cIoU on refcocog val, mask captioning by exact match against the val references.
+# Everything not set here is as in sa2va_demo.py.
+from mmengine.config import read_base
+
+with read_base():
+    from .sa2va_demo import *  # noqa: F401,F403
+
+# ------------------------------------------------------------------ sizes
+assets = './work_dirs/learning_proof_assets'
+internvl_size = dict(image_size=224, vision_hidden=192, vision_layers=4, vision_heads=3,   # 64 tokens per tile
+                     text_hidden=384, text_layers=4, text_heads=6, text_kv_heads=2, text_init_range=0.02)
+sam2_size = dict(image_size=512, embed_dim=32)                                               # 128x128 mask logits
+prepare = dict(type=make_demo_assets, root=assets, seed=0, num_images=4000,  # noqa: F405
+               internvl=internvl_size, sam2=sam2_size)
+path = assets + '/tiny_internvl'
+data_root = assets + '/data/'
+
+tile_size = internvl_size['image_size']
+max_dynamic_patch = 4          # 640x480 -> 2x2 tiles + thumbnail = 5 tiles = 320 image tokens
+batch_size = 16
+dataloader_num_workers = 10
+max_iters = 3000
+lr = 5e-4
+weight_decay = 0.01
+warmup_iters = 100
+save_steps = 1000
+log_interval = 50
+
+tokenizer.pretrained_model_name_or_path = path  # noqa: F405
+
+# ------------------------------------------------------------------ model: all trainable, random init
+# fp32 master weights + bf16 autocast (the base config's AmpOptimWrapper): a from-scratch model needs updates
+# that bf16 weights would round away
+model.mllm.update(model_path=path, llm_lora=None, new_token_training='full', freeze_llm=False,  # noqa: F405
+                  freeze_visual_encoder=False, torch_dtype='float32')
+model.grounding_encoder.update(cfg_path=assets + '/tiny_sam2/sam2_tiny.yaml',  # noqa: F405
+                               ckpt_path=assets + '/tiny_sam2/sam2_tiny.pt', freeze_image_encoder=False)
+
+# ------------------------------------------------------------------ data
+sam2_processor = dict(type=DirectResize, target_length=sam2_size['image_size'])  # noqa: F405
+common = dict(tokenizer=tokenizer, template=template, max_length=max_length, tile_size=tile_size,  # noqa: F405
+              max_dynamic_patch=max_dynamic_patch)
+refcocog_seg = dict(type=ReferSegmDataset, data_root=data_root + 'ref_seg/refcocog', split_file='refs(umd).p',  # noqa
+                    data_prefix=dict(img_path='../../coco2014/train2014/'), extra_image_processor=sam2_processor,
+                    num_classes_per_sample=3, split='train', name='refcocog', **common)
+refcocog_caption = dict(type=ReferRegionCaptionDataset, data_root=data_root + 'ref_seg/refcocog',  # noqa: F405
+                        split_file='refs(umd).p', data_prefix=dict(img_path='../../coco2014/train2014/'),
+                        num_classes_per_sample=3, split='train', name='refcocog_region_caption', **common)
+train_dataloader.update(  # noqa: F405
+    batch_size=batch_size, num_workers=dataloader_num_workers, persistent_workers=True, pin_memory=True,
+    dataset=dict(type=ConcatDataset, datasets=[refcocog_seg, refcocog_caption]),  # noqa: F405
+    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size))  # noqa: F405
+
+# ------------------------------------------------------------------ optimisation
+optim_wrapper.optimizer.update(lr=lr, weight_decay=weight_decay)  # noqa: F405
+param_scheduler = [
+    dict(type=LinearLR, start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters),  # noqa: F405
+    dict(type=CosineAnnealingLR, eta_min=lr * 0.02, by_epoch=False, begin=warmup_iters, end=max_iters),  # noqa
+]
+train_cfg = dict(type=TrainLoop, max_iters=max_iters)  # noqa: F405
+
+# ------------------------------------------------------------------ runtime
+default_hooks.logger.interval = log_interval  # noqa: F405
+default_hooks.checkpoint.update(interval=save_steps, max_keep_ckpts=1)  # noqa: F405
+log_processor = dict(by_epoch=False, window_size=log_interval)
+refcocog_val = dict(refcocog_seg, split='val', name='refcocog_val')
+custom_hooks = [dict(type=ReferEvalHook, datasets=dict(refcocog_val=refcocog_val),  # noqa: F405
+                     caption_datasets=dict(refcocog_val=dict(refcocog_caption, split='val')),
+                     interval=1000, max_items=150, max_new_tokens=24)]
