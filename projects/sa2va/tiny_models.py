@@ -157,33 +157,33 @@ model:
       _target_: sam2.modeling.backbones.image_encoder.FpnNeck
       position_encoding:
         _target_: sam2.modeling.position_encoding.PositionEmbeddingSine
-        num_pos_feats: 64
+        num_pos_feats: {d_model}
         normalize: true
         scale: null
         temperature: 10000
-      d_model: 64
+      d_model: {d_model}
       backbone_channel_list: [{c3}, {c2}, {c1}, {embed_dim}]
       fpn_top_down_levels: [2, 3]
       fpn_interp_model: nearest
   memory_attention:
     _target_: sam2.modeling.memory_attention.MemoryAttention
-    d_model: 64
+    d_model: {d_model}
     pos_enc_at_input: true
     layer:
       _target_: sam2.modeling.memory_attention.MemoryAttentionLayer
       activation: relu
-      dim_feedforward: 128
+      dim_feedforward: {d_ff}
       dropout: 0.1
       pos_enc_at_attn: false
       self_attention:
         _target_: sam2.modeling.sam.transformer.RoPEAttention
         rope_theta: 10000.0
         feat_sizes: [{feat}, {feat}]
-        embedding_dim: 64
+        embedding_dim: {d_model}
         num_heads: 1
         downsample_rate: 1
         dropout: 0.1
-      d_model: 64
+      d_model: {d_model}
       pos_enc_at_cross_attn_keys: true
       pos_enc_at_cross_attn_queries: false
       cross_attention:
@@ -191,7 +191,7 @@ model:
         rope_theta: 10000.0
         feat_sizes: [{feat}, {feat}]
         rope_k_repeat: true
-        embedding_dim: 64
+        embedding_dim: {d_model}
         num_heads: 1
         downsample_rate: 1
         dropout: 0.1
@@ -211,18 +211,18 @@ model:
       kernel_size: 3
       stride: 2
       padding: 1
-      embed_dim: 64
+      embed_dim: {d_model}
     fuser:
       _target_: sam2.modeling.memory_encoder.Fuser
       layer:
         _target_: sam2.modeling.memory_encoder.CXBlock
-        dim: 64
+        dim: {d_model}
         kernel_size: 7
         padding: 3
         layer_scale_init_value: 1e-6
         use_dwconv: true
       num_layers: 1
-    in_dim: 64
+    in_dim: {d_model}
   num_maskmem: 7
   image_size: {image_size}
   sigmoid_scale_for_mem_enc: 20.0
@@ -247,21 +247,23 @@ model:
 """
 
 
-def tiny_sam2_yaml(image_size: int = 256, embed_dim: int = 8) -> str:
-    """The tiny SAM2 config; ``embed_dim`` is Hiera's first-stage width (doubled at every stage)."""
+def tiny_sam2_yaml(image_size: int = 256, embed_dim: int = 8, d_model: int = 64) -> str:
+    """The tiny SAM2 config; ``embed_dim`` is Hiera's first-stage width (doubled at every stage), ``d_model`` the
+    neck / prompt / mask-decoder width (256 in the released models)."""
     return TINY_SAM2_YAML.format(image_size=image_size, feat=image_size // 16, embed_dim=embed_dim,
-                                 c1=2 * embed_dim, c2=4 * embed_dim, c3=8 * embed_dim)
+                                 c1=2 * embed_dim, c2=4 * embed_dim, c3=8 * embed_dim, d_model=d_model,
+                                 d_ff=2 * d_model)
 
 
 def make_tiny_sam2(save_dir: str | os.PathLike, seed: int = 0, image_size: int = 256,
-                   embed_dim: int = 8) -> tuple[Path, Path]:
+                   embed_dim: int = 8, d_model: int = 64) -> tuple[Path, Path]:
     """Write ``sam2_tiny.yaml`` and a Meta-format ``sam2_tiny.pt`` (``{'model': state_dict}``)."""
     from .models.sam2_runner import instantiate_sam2
 
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = save_dir / "sam2_tiny.yaml"
-    cfg_path.write_text(tiny_sam2_yaml(image_size, embed_dim))
+    cfg_path.write_text(tiny_sam2_yaml(image_size, embed_dim, d_model))
     torch.manual_seed(seed)
     model = instantiate_sam2(str(cfg_path))
     ckpt_path = save_dir / "sam2_tiny.pt"
