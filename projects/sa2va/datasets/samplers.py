@@ -11,7 +11,19 @@ One epoch's order, for ``seed`` and ``epoch`` (the same on every rank):
    front, or, if it is in the partial tail, the item itself is swapped with the first item;
 4. ``round_up``: repeat the order from its start up to a multiple of ``group`` (every rank, every step full);
    otherwise drop the tail down to a multiple of ``world_size``;
-5. rank ``r`` takes ``order[r::world_size]``: within each group, every rank gets ``per_device_batch_size`` items.
+5. split by rank, ``rank_split``:
+   ``'strided'`` (default, as the original): rank ``r`` takes ``order[r::world_size]``; within each group every rank
+   gets ``per_device_batch_size`` items, ranks alternate along the sorted lengths (balanced work per rank);
+   ``'contiguous'``: rank ``r`` takes the ``r``-th block of ``per_device_batch_size`` items of every group (a partial
+   tail with ``round_up=False`` is split strided). Rank ``r``'s micro-batches are then exactly the micro-batches
+   ``r * A .. (r + 1) * A - 1`` of one optimizer step of a single process with ``world_size * A`` accumulation steps
+   (``A`` = this run's accumulation; same ``per_device_batch_size * world_size``): runs on different GPU counts at
+   the same global batch compute the same micro-batches (``benchmarks/gpu_multi.sh`` parity).
+
+With either split, the epoch order depends on the world size only through ``group``: two runs with the same
+``group`` and ``per_device_batch_size = batch_size * accumulative_counts`` (e.g. 1 GPU, micro-batch 2 x 2
+accumulation steps, ``per_device_batch_size=4``; 2 GPUs, 2 x 1, ``per_device_batch_size=2``) see the same set of items
+in every optimizer step (tests/engine/test_global_batch.py).
 
 Config: ``sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts)``
 (the original Sa2VA grouped over the accumulation steps too); mmengine passes ``dataset`` and ``seed``.
@@ -85,12 +97,21 @@ class LengthGroupedSampler(Sampler):
         seed: shuffling seed; None draws one and syncs it across ranks.
         round_up: pad the epoch by repetition to a multiple of ``per_device_batch_size * world_size``;
             False drops the tail down to a multiple of ``world_size``.
+        rank_split: ``'strided'`` or ``'contiguous'``: how a group is shared among ranks (step 5 above).
     """
 
+    RANK_SPLITS = ("strided", "contiguous")
+
     def __init__(self, dataset, per_device_batch_size: int, length_property: str = "length",
-                 mega_batch_mult: int | None = None, seed: int | None = None, round_up: bool = True):
+                 mega_batch_mult: int | None = None, seed: int | None = None, round_up: bool = True,
+                 rank_split: str = "strided"):
         if per_device_batch_size < 1:
             raise ValueError(f"per_device_batch_size must be >= 1, got {per_device_batch_size}")
+        if rank_split not in self.RANK_SPLITS:
+            raise ValueError(f"LengthGroupedSampler: rank_split must be one of {self.RANK_SPLITS}, "
+                             f"got {rank_split!r}")
+        self.rank_split = rank_split
+        self.per_device_batch_size = per_device_batch_size
         self.rank, self.world_size = get_dist_info()
         self.dataset = dataset
         self.lengths = _dataset_lengths(dataset, length_property)
@@ -135,9 +156,19 @@ class LengthGroupedSampler(Sampler):
             order = (order * math.ceil(self.total_size / len(order)))[:self.total_size]
         return order[:self.total_size]
 
+    def rank_order(self, rank: int | None = None) -> list[int]:
+        """The indices of ``rank`` (default: this rank) for the whole epoch, in order (step 5 above)."""
+        rank = self.rank if rank is None else rank
+        order = self.epoch_order()
+        if self.rank_split == "strided":
+            return order[rank::self.world_size]
+        b, full = self.per_device_batch_size, self.total_size // self.group_size * self.group_size
+        mine = [i for g in range(0, full, self.group_size) for i in order[g + rank * b:g + (rank + 1) * b]]
+        return mine + order[full:][rank::self.world_size]
+
     def __iter__(self) -> Iterator[int]:
         start, self.start = self.start, 0
-        return iter(self.epoch_order()[self.rank::self.world_size][start:])
+        return iter(self.rank_order()[start:])
 
     def __len__(self) -> int:
         return self.num_samples - self.start
