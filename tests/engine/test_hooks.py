@@ -1,6 +1,8 @@
-"""DatasetSummaryHook sums the data issues carried by batches."""
+"""DatasetSummaryHook sums the data issues carried by batches; LossCurveHook writes the global-batch loss."""
 import logging
 from types import SimpleNamespace
+
+import pytest
 
 from sa2va.engine.hooks import DatasetSummaryHook
 
@@ -17,3 +19,86 @@ def test_data_issues_are_summed_from_batches(caplog):
     text = caplog.text
     assert "refcoco: skipped: missing_image: 3" in text and "osprey: truncated: max_length: 1" in text
     assert "[SEG]/mask count mismatch: skipped: 1" in text
+
+
+def test_mean_over_ranks():
+    from sa2va.engine.hooks import mean_over_ranks
+
+    rows = [{"loss": 3.0, "llm_loss": 2.0, "loss_mask": 1.0}, {"loss": 1.0, "llm_loss": 1.0, "loss_mask": 0.0}]
+    assert mean_over_ranks(rows) == {"loss": 2.0, "llm_loss": 1.5, "loss_mask": 0.5, "per_rank": {
+        "loss": [3.0, 1.0], "llm_loss": [2.0, 1.0], "loss_mask": [1.0, 0.0]}}
+    odd = mean_over_ranks([{"loss": 1.0, "x_loss": 4.0}, {"loss": 3.0}])
+    assert odd["x_loss"] == 4.0 and odd["per_rank"]["x_loss"] == [4.0, None]
+
+
+def _loss_hook_runner(tmp_path):
+    return SimpleNamespace(iter=6, work_dir=str(tmp_path))
+
+
+def test_loss_curve_single_process_rows_unchanged(tmp_path):
+    import json
+
+    import torch
+
+    from sa2va.engine.hooks import LossCurveHook
+
+    hook = LossCurveHook()
+    hook.after_train_iter(_loss_hook_runner(tmp_path), 0, None, {"loss": torch.tensor(2.5), "acc": 1.0})
+    hook.after_train_iter(_loss_hook_runner(tmp_path), 0, None, {})
+    assert [json.loads(x) for x in (tmp_path / "losses.jsonl").read_text().splitlines()] == [{"iter": 7, "loss": 2.5}]
+
+
+def test_loss_curve_writes_the_global_batch_mean(tmp_path, monkeypatch):
+    """Two ranks (faked): the row is the mean over ranks, with every rank's values under per_rank."""
+    import json
+
+    import torch
+
+    import sa2va.engine.hooks as hooks_mod
+
+    other_rank = {"loss": 1.0, "loss_mask": 0.0}  # e.g. rank 1's batch had no masks
+    monkeypatch.setattr(hooks_mod, "get_world_size", lambda: 2)
+    monkeypatch.setattr(hooks_mod, "all_gather_object", lambda obj: [obj, other_rank])
+    hook = hooks_mod.LossCurveHook()
+    hook.after_train_iter(_loss_hook_runner(tmp_path), 0, None,
+                          {"loss": torch.tensor(3.0), "loss_mask": torch.tensor(0.5)})
+    row = json.loads((tmp_path / "losses.jsonl").read_text())
+    assert row == {"iter": 7, "loss": 2.0, "loss_mask": 0.25, "per_rank": {"loss": [3.0, 1.0], "loss_mask": [0.5, 0.0]}}
+    assert hook.history == [{"iter": 7, "loss": 2.0, "loss_mask": 0.25}]  # the curve plots the means
+
+
+def _gloo_worker(rank, world, port, work_dir):
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from sa2va.engine.hooks import LossCurveHook
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        hook = LossCurveHook()
+        runner = SimpleNamespace(iter=0, work_dir=work_dir)
+        for it in range(3):
+            runner.iter = it
+            outputs = {"loss": torch.tensor(float(rank + it)), "loss_mask": torch.tensor(float(rank == 0))}
+            hook.after_train_iter(runner, it, None, outputs if not (rank == 1 and it == 2) else {})
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_loss_curve_gathers_over_gloo_ranks(tmp_path):
+    """Real 2-process gloo group; rank 1 has no loss terms at the last iteration and nothing hangs."""
+    import json
+    import random
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_worker, args=(2, random.randint(29500, 31500), str(tmp_path)), nprocs=2, join=True)
+    rows = [json.loads(x) for x in (tmp_path / "losses.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [1, 2, 3]
+    assert rows[0] == {"iter": 1, "loss": 0.5, "loss_mask": 0.5,
+                       "per_rank": {"loss": [0.0, 1.0], "loss_mask": [1.0, 0.0]}}
+    assert rows[2]["loss"] == 2.0 and rows[2]["per_rank"]["loss"] == [2.0, None]

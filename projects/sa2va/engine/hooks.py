@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 import torch
-from mmengine.dist import all_reduce, get_world_size, is_main_process
+from mmengine.dist import all_gather_object, all_reduce, get_world_size, is_main_process
 from mmengine.hooks import Hook
 
 from ..registry import BUILDER
@@ -44,10 +44,28 @@ class ThroughputHook(Hook):
         runner.message_hub.update_scalar("train/tokens_per_s", tokens / dt)
 
 
+def mean_over_ranks(rows: list[dict]) -> dict:
+    """One iteration's loss terms of every rank -> their mean per term (the loss of the global batch, as the
+    averaged gradient sees it: a rank without masks contributes its 0.0) plus ``per_rank``: {term: [value per rank]}
+    (None where a rank lacks the term; the mean is over the ranks that have it)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    out = {}
+    for k in keys:
+        values = [r[k] for r in rows if k in r]
+        out[k] = sum(values) / len(values)
+    out["per_rank"] = {k: [r.get(k) for r in rows] for k in keys}
+    return out
+
+
 @BUILDER.register_module()
 class LossCurveHook(Hook):
     """Writes ``loss_curve.png`` (every loss term and the total, per iteration) to the work dir at each
-    checkpoint and at the end, plus ``losses.jsonl`` with the raw per-iteration values."""
+    checkpoint and at the end, plus ``losses.jsonl`` with the raw per-iteration values.
+
+    With several ranks every rank sends its loss terms to rank 0 (one small ``all_gather_object`` per iteration):
+    ``losses.jsonl`` and the curve hold the mean over ranks, i.e. the loss of the whole global batch, and each
+    row adds ``per_rank`` (each rank's values; see :func:`mean_over_ranks`). The mmengine log lines show rank 0's
+    values only."""
 
     priority = "LOW"
 
@@ -56,16 +74,19 @@ class LossCurveHook(Hook):
         self.history: list[dict] = []
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        if not outputs:
+        terms = {k: float(v.detach()) if torch.is_tensor(v) else float(v)
+                 for k, v in (outputs or {}).items() if "loss" in k}
+        per_rank = None
+        if get_world_size() > 1:  # a collective: every rank gets here every iteration, with or without outputs
+            terms = mean_over_ranks(all_gather_object(terms))
+            per_rank = terms.pop("per_rank")
+        if not terms:
             return
-        row = {"iter": runner.iter + 1}
-        for k, v in outputs.items():
-            if "loss" in k:
-                row[k] = float(v.detach()) if torch.is_tensor(v) else float(v)
+        row = {"iter": runner.iter + 1, **terms}
         self.history.append(row)
         if is_main_process():
             with open(osp.join(runner.work_dir, "losses.jsonl"), "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(row if per_rank is None else dict(row, per_rank=per_rank)) + "\n")
 
     def after_save_checkpoint(self, runner, checkpoint):
         self.plot(runner)
