@@ -58,7 +58,8 @@ WORK="$OUT/work"
 RUNS="$OUT/runs.tsv"
 DEADLINE=$((SECONDS + BUDGET_S))
 mkdir -p "$WORK"
-rm -rf "${WORK:?}"/{par1,par2,ref2,kill2}
+rm -rf "${WORK:?}"/{par1,par2,ref2,kill2}  # a rerun into the same OUT starts clean
+rm -f "$OUT"/{par1,par2,ref2,kill2,resume2}.log "$OUT"/{gpu_multi.log,kill.json,summary.txt,summary.json}
 printf 'name\tprocs\taccum\titers\trc\twall_s\twork_dir\n' > "$RUNS"
 say() { echo "[gpu_multi $(date +%T) +$((SECONDS))s] $*" | tee -a "$OUT/gpu_multi.log"; }
 
@@ -76,6 +77,10 @@ except Exception as e:
     print('deepspeed: not importable:', e)" 2>&1 | grep -v Warning
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+if ! "$PYTHON" -c "import torch, mmengine" 2>/dev/null; then
+    say "$PYTHON cannot import torch and mmengine (activate the environment or set PYTHON)"
+    exit 2
+fi
 if [ "$CPU" != 1 ]; then
     have=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
     if (( have < NGPU )); then
@@ -210,7 +215,7 @@ train par1 par1 1 "$NGPU" $((NGPU * STEPS)) "$ONE_DEVICE" none --cfg-options "${
 train par2 par2 "$NGPU" 1 "$STEPS" all none --cfg-options "${PARITY[@]}" \
     train_cfg.max_iters="$STEPS" optim_wrapper.accumulative_counts=1 train_dataloader.sampler.per_device_batch_size=2
 
-# 3: uninterrupted reference, killed run, resumed run (2 also: ref2 and kill2/resume2 mix mask / no-mask ranks)
+# 3: uninterrupted reference, killed run, resumed run (item 2 is read from par2, ref2 and kill2's losses.jsonl)
 train ref2 ref2 "$NGPU" 1 "$STEPS" all none --cfg-options "${RESUME[@]}"
 KILLED_PIDS=""; KILLED_PGIDS=""; KILLED_AT=""; SURVIVORS=0
 train kill2 kill2 "$NGPU" 1 "$STEPS" all kill_ready --cfg-options "${RESUME[@]}"
