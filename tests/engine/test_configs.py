@@ -41,3 +41,19 @@ def test_maskcap_adds_caption_sources():
 def test_demo_is_self_contained():
     c = _load("sa2va_demo.py")
     assert c.prepare.root == c.assets and c.model.mllm.model_path.startswith(c.assets)
+
+
+def test_learning_proof_trains_everything_from_its_own_assets():
+    c = _load("sa2va_learning_proof.py")
+    m = c.model
+    assert m.mllm.llm_lora is None and m.mllm.freeze_llm is False and m.mllm.freeze_visual_encoder is False
+    assert m.mllm.new_token_training == "full" and m.mllm.torch_dtype == "float32"
+    assert m.grounding_encoder.freeze_image_encoder is False
+    assert m.mllm.model_path.startswith(c.prepare.root) and m.grounding_encoder.cfg_path.startswith(c.prepare.root)
+    names = [d.name for d in c.train_dataloader.dataset.datasets]
+    assert names == ["refcocog", "refcocog_region_caption"]
+    # train and evaluation use the disjoint refcocog splits
+    hook = c.custom_hooks[0]
+    assert hook.datasets.refcocog_val.split == "val" and hook.caption_datasets.refcocog_val.split == "val"
+    assert all(d.split == "train" for d in c.train_dataloader.dataset.datasets)
+    assert c.param_scheduler[-1].end == c.train_cfg.max_iters
