@@ -1,6 +1,7 @@
 """Assets of the zero-setup demo: tiny models + synthetic data, written on first use."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -13,11 +14,21 @@ _MARKER = "demo_assets.json"
 def make_demo_assets(root: str | os.PathLike, seed: int = 0, num_images: int = 48, internvl: dict | None = None,
                      sam2: dict | None = None) -> dict:
     """Write ``root/{tiny_internvl, tiny_sam2, data}`` unless a complete set with these arguments exists.
-    ``internvl`` / ``sam2``: model sizes (see :func:`sa2va.tiny_models.make_tiny_models`)."""
+    ``internvl`` / ``sam2``: model sizes (see :func:`sa2va.tiny_models.make_tiny_models`).
+
+    Safe to call from every rank of a fresh multi-process launch: a file lock lets one process write the set
+    while the others wait and then read its marker."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _make_unlocked(root, seed, num_images, internvl, sam2)
+
+
+def _make_unlocked(root: Path, seed: int, num_images: int, internvl: dict | None, sam2: dict | None) -> dict:
     from .datasets.synthetic import make_synthetic_data
     from .tiny_models import make_tiny_models
 
-    root = Path(root)
     marker = root / _MARKER
     wanted = {"seed": seed, "num_images": num_images}
     if internvl or sam2:
