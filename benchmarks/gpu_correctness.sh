@@ -4,7 +4,8 @@
 #   1. ZeRO-2, 1 GPU, micro-batch 2 x accumulation 2 (global batch 4), 40 iterations = 20 optimizer steps
 #   2. ZeRO-2, 2 GPUs, micro-batch 2 x 1 (global batch 4), 20 iterations = 20 optimizer steps
 #   3. ZeRO-3, 2 GPUs, 10 iterations
-#   4. ZeRO-2, 2 GPUs: SIGKILL right after the checkpoint at iteration 10, then --resume auto to 20
+# Kill + resume on 2 GPUs and exact 1-vs-2-GPU parity: benchmarks/gpu_multi.sh (it kills the torchrun tree by PID;
+# the pkill pattern this script used once matched its own shell).
 set -uo pipefail
 OUT=${OUT:-gpu_correctness}
 mkdir -p "$OUT"
@@ -18,13 +19,5 @@ run ds2 zero2 2 --cfg-options "${O[@]}" train_cfg.max_iters=20
 run ds3 zero3 2 --cfg-options "${O[@]}" train_cfg.max_iters=10
 cp work_dirs/ds1/losses.jsonl "$OUT/ds1_losses.jsonl"; cp work_dirs/ds2/losses.jsonl "$OUT/ds2_losses.jsonl"
 
-# kill after the checkpoint at iteration 10, resume
-(DEEPSPEED=zero2 setsid bash tools/dist.sh train $CFG 2 --work-dir work_dirs/ds2k --cfg-options "${O[@]}" \
-    train_cfg.max_iters=20 > "$OUT/ds2k.log" 2>&1 &)
-for _ in $(seq 600); do [ -e work_dirs/ds2k/iter_10.pth.complete ] && break; sleep 0.5; done
-pkill -9 -f "work-dir work_dirs/ds2k"; sleep 5
-echo "killed; complete checkpoints: $(ls work_dirs/ds2k | grep complete | tr '\n' ' ')"
-run ds2k zero2 2 --resume auto --cfg-options "${O[@]}" train_cfg.max_iters=20
-cp work_dirs/ds2k/losses.jsonl "$OUT/ds2k_losses.jsonl"
 grep -h "Iter(train) \[20/20\]\|Iter(train) \[40/40\]\|Iter(train) \[10/10\]\|evaluation at\|Error" \
-    "$OUT"/ds1.log "$OUT"/ds2.log "$OUT"/ds3.log "$OUT"/ds2k.log | cut -c1-400
+    "$OUT"/ds1.log "$OUT"/ds2.log "$OUT"/ds3.log | cut -c1-400
