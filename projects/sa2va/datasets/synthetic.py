@@ -160,19 +160,25 @@ def _split_of(order: np.ndarray, names: tuple[str, ...], fractions: tuple[float,
     return out
 
 
-def _write_refer(out: Path, name: str, split_by: str, images: list[dict], anns: list[dict], scene_objs: dict,
-                 splits: dict[int, str], long_sentences: bool, rng: np.random.Generator) -> None:
-    refs, ref_id, sent_id = [], 0, 0
-    first_ann = {}  # image id -> its first annotation id
+def _anns_by_image(anns: list[dict]) -> dict[int, list[dict]]:
+    """image id -> its annotations, in annotation order."""
+    out: dict[int, list[dict]] = {}
     for a in anns:
-        first_ann.setdefault(a["image_id"], a["id"])
+        out.setdefault(a["image_id"], []).append(a)
+    return out
+
+
+def _write_refer(out: Path, name: str, split_by: str, images: list[dict], anns: list[dict],
+                 anns_of: dict[int, list[dict]], scene_objs: dict, splits: dict[int, str], long_sentences: bool,
+                 rng: np.random.Generator) -> None:
+    refs, ref_id, sent_id = [], 0, 0
     image_by_id = {im["id"]: im for im in images}
     for ann in anns:
         image_id = ann["image_id"]
         if image_id not in splits:  # the image without refs
             continue
         obj = scene_objs[ann["id"]]
-        if not long_sentences and rng.random() < 0.2 and ann["id"] != first_ann[image_id]:
+        if not long_sentences and rng.random() < 0.2 and ann["id"] != anns_of[image_id][0]["id"]:
             continue  # not every object is referred to (but each image keeps at least one ref)
         sentences = []
         for raw in _sentences(obj["colour"], obj["shape"], obj["hpos"], obj["vpos"], long_sentences):
@@ -194,11 +200,9 @@ def _write_refer(out: Path, name: str, split_by: str, images: list[dict], anns: 
         pickle.dump(refs, f, protocol=2)
 
 
-def _osprey_entries(images: list[dict], anns: list[dict], scene_objs: dict, rng: np.random.Generator):
+def _osprey_entries(images: list[dict], anns_of: dict[int, list[dict]], scene_objs: dict,
+                    rng: np.random.Generator):
     conv, detail, short = [], [], []
-    anns_of: dict[int, list[dict]] = {}
-    for a in anns:
-        anns_of.setdefault(a["image_id"], []).append(a)
     for im in images:
         regions = anns_of.get(im["id"], [])
         objs = [scene_objs[a["id"]] for a in regions]
@@ -249,25 +253,23 @@ def make_synthetic_data(out_dir: str | os.PathLike, seed: int = 0, num_images: i
             scene_objs[ann_id] = obj
             ann_id += 1
 
+    anns_of = _anns_by_image(anns)
     with_refs = np.array([im["id"] for im in images[:-1]])  # the last image gets no refs
     refcoco_splits = _split_of(rng.permutation(with_refs), ("train", "val", "testA", "testB"),
                                (0.6, 0.16, 0.12, 0.12))
     refcocog_splits = _split_of(rng.permutation(with_refs), ("train", "val", "test"), (0.64, 0.18, 0.18))
-    _write_refer(out, "refcoco", "unc", images, anns, scene_objs, refcoco_splits, False, rng)
-    _write_refer(out, "refcocog", "umd", images, anns, scene_objs, refcocog_splits, True, rng)
+    _write_refer(out, "refcoco", "unc", images, anns, anns_of, scene_objs, refcoco_splits, False, rng)
+    _write_refer(out, "refcocog", "umd", images, anns, anns_of, scene_objs, refcocog_splits, True, rng)
 
     osprey = out / "osprey"
     osprey.mkdir(parents=True, exist_ok=True)
     for name, entries in zip(("conversation", "detail_description", "short_form"),
-                             _osprey_entries(images, anns, scene_objs, rng)):
+                             _osprey_entries(images, anns_of, scene_objs, rng)):
         with open(osprey / f"osprey_{name}.json", "w") as f:
             json.dump(entries, f)
 
     custom = out / "custom"
     (custom / "images").mkdir(parents=True, exist_ok=True)
-    anns_of: dict[int, list[dict]] = {}
-    for a in anns:
-        anns_of.setdefault(a["image_id"], []).append(a)
     records = []
     for im in images[: max(4, num_images // 3)]:
         src = Image.open(img_dir / im["file_name"])
