@@ -120,3 +120,34 @@ def test_bare_model_in_training_mode_on_real_refer_data(tiny_model, tmp_path):
         tiny_model.eval()
     assert out["n_images"] == 1 and out["n_sentences"] == len(dataset.eval_view()[0]["texts"])
     assert set(out) >= {"cIoU", "gIoU", "n_no_seg"}
+
+
+def test_eval_hook_logs_scores_and_writes_captions(tiny_model, tmp_path):
+    """ReferEvalHook at the end of training: cIoU and caption exact match go to the message hub, and the region
+    captions (prediction + references) are written under work_dir/eval for inspection."""
+    import json
+    from types import SimpleNamespace
+
+    from mmengine.logging import MessageHub, MMLogger
+
+    from sa2va.datasets import DirectResize, ReferRegionCaptionDataset, ReferSegmDataset
+    from sa2va.datasets.synthetic import make_synthetic_data
+    from sa2va.engine import ReferEvalHook
+
+    paths = make_synthetic_data(tmp_path / "data", seed=0, num_images=6)
+    common = dict(data_root=paths["refcoco"], data_prefix=dict(img_path="../../coco2014/train2014/"),
+                  tokenizer=tiny_model.tokenizer, template="qwen_chat", tile_size=112, split="val")
+    hook = ReferEvalHook(datasets=dict(val=dict(type=ReferSegmDataset, **common,
+                                                extra_image_processor=dict(type=DirectResize, target_length=256))),
+                         caption_datasets=dict(val=dict(type=ReferRegionCaptionDataset, **common)),
+                         max_items=1, max_new_tokens=4)
+    hub = MessageHub.get_instance("test_eval_hook")
+    runner = SimpleNamespace(model=tiny_model, message_hub=hub, logger=MMLogger.get_current_instance(), iter=7,
+                             work_dir=str(tmp_path / "work"), max_iters=7)
+    hook.after_train(runner)
+    assert 0.0 <= hub.get_scalar("val/val/cIoU").current() <= 1.0
+    records = json.loads((tmp_path / "work" / "eval" / "val_captions_iter7.json").read_text())
+    view_item = hook._built["val"].eval_view()[0]
+    assert len(records) == len(regions_of(view_item)) > 0
+    assert all(isinstance(r["prediction"], str) and r["references"] for r in records)
+    assert 0.0 <= hub.get_scalar("val/val/caption_exact_match").current() <= 1.0

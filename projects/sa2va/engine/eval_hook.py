@@ -1,8 +1,14 @@
 """Evaluation during training: referring-segmentation cIoU/gIoU (and optionally region-caption accuracy) on a
-small held-out subset every ``interval`` iterations and at the end, logged like any other scalar."""
+small held-out subset every ``interval`` iterations and at the end, logged like any other scalar. The region
+captions are also written to ``{work_dir}/eval/{name}_captions_iter{N}.json`` (prediction + references per region)."""
 from __future__ import annotations
 
+import json
+import os.path as osp
 import re
+
+from mmengine.dist import is_main_process
+from mmengine.utils import mkdir_or_exist
 
 from mmengine.hooks import Hook
 
@@ -65,6 +71,7 @@ class ReferEvalHook(Hook):
                 r = evaluate_region_captions(model, self._dataset(name, cfg), max_items=self.max_items, metrics=(),
                                              return_captions=True, max_new_tokens=self.max_new_tokens)
                 results[f"{name}/caption_exact_match"] = caption_exact_match(r["captions"])
+                self._write_captions(runner, name, r["captions"])
         finally:
             model.train(was_training)
         for k, v in results.items():
@@ -72,6 +79,15 @@ class ReferEvalHook(Hook):
         runner.logger.info("evaluation at iter %d: %s", runner.iter,
                            ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         return results
+
+    def _write_captions(self, runner, name: str, records: list[dict]) -> None:
+        if not is_main_process():
+            return
+        out_dir = osp.join(runner.work_dir, "eval")
+        mkdir_or_exist(out_dir)
+        keep = ("image_id", "ref_id", "prediction", "references")
+        with open(osp.join(out_dir, f"{name}_captions_iter{runner.iter}.json"), "w") as f:
+            json.dump([{k: r[k] for k in keep} for r in records], f, indent=1)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if self.interval and (runner.iter + 1) % self.interval == 0 and runner.iter + 1 < runner.max_iters:

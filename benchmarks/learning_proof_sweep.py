@@ -1,0 +1,205 @@
+"""Run variants of the learning proof (configs/sa2va_learning_proof.py) side by side on one GPU and score them.
+
+    python benchmarks/learning_proof_sweep.py --out OUT \
+        "tile224:ncls=1,iters=2500" "tile448:ncls=1,tile=448,iters=2500"
+
+A run is ``NAME:key=value,...``. Keys:
+  ncls=N    num_classes_per_sample of every dataset (questions / regions per training sample)
+  tile=S    InternVL tile size (also the thumbnail that region prompts are gridded on: S/28 cells a side);
+            its own asset directory, since the tiny InternVL is made for that size
+  iters=N   training iterations (the cosine schedule ends there)
+  anything else is a dotted config key (``optim_wrapper.optimizer.lr=1e-3``), as ``--cfg-options``.
+The runs train concurrently (one process each; the small model leaves the GPU mostly idle, so they share it), each
+evaluates the held-out refcocog val split at its end (ReferEvalHook), and the summary adds per-attribute caption
+accuracy (colour / shape / horizontal / vertical position words), which says which part of a caption fails.
+Writes OUT/<name>/{train.log, losses.jsonl, *.png, captions.json} and OUT/summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "projects"))
+CONFIG = os.path.join(REPO, "configs", "sa2va_learning_proof.py")
+
+
+# ----------------------------------------------------------------------------------------------- config variants
+def _raw_items(node: dict):
+    """Items without building the config's lazy objects (writing built objects back would break dumping)."""
+    return list(dict.items(node))
+
+
+def _set_key(node, key: str, value) -> None:
+    """Set ``key`` in every dict of a config tree that has it."""
+    if isinstance(node, dict):
+        for k, v in _raw_items(node):
+            if k == key:
+                node[k] = value
+            else:
+                _set_key(v, key, value)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            _set_key(v, key, value)
+
+
+def _replace_prefix(node, old: str, new: str) -> None:
+    """Replace a string prefix (an asset root) everywhere in a config tree."""
+    items = _raw_items(node) if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for k, v in items:
+        if isinstance(v, str) and v.startswith(old):
+            node[k] = new + v[len(old):]
+        else:
+            _replace_prefix(v, old, new)
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    name, _, body = spec.partition(":")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise SystemExit(f"run name {name!r}: use letters, digits, _ . -")
+    options = {}
+    for item in filter(None, body.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"run {name!r}: {item!r} is not key=value")
+        options[key.strip()] = value.strip()
+    return name, options
+
+
+def variant_config(options: dict):
+    """The learning-proof config with a run's options applied."""
+    from mmengine.config import Config, DictAction
+
+    cfg = Config.fromfile(CONFIG)
+    options = dict(options)
+    if "tile" in options:
+        tile = int(options.pop("tile"))
+        root = cfg.prepare.root
+        cfg.prepare.internvl.image_size = tile
+        _replace_prefix(cfg._cfg_dict, root, f"{root}_{tile}")
+        _set_key(cfg._cfg_dict, "tile_size", tile)
+    if "ncls" in options:
+        _set_key(cfg._cfg_dict, "num_classes_per_sample", int(options.pop("ncls")))
+    if "iters" in options:
+        iters = int(options.pop("iters"))
+        cfg.train_cfg.max_iters = iters
+        cfg.param_scheduler[-1].end = iters
+    if options:
+        cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in options.items()})
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- running
+def _prepare(options: dict) -> str:
+    from sa2va import BUILDER
+
+    cfg = variant_config(options)
+    BUILDER.build(cfg.prepare)
+    return cfg.prepare.root
+
+
+def _train_child(spec: str, work_dir: str) -> None:
+    """In a child process: train one variant (what tools/train.py does, with the variant's config)."""
+    from sa2va.engine import build_runner, prepare_config
+
+    cfg = variant_config(parse_spec(spec)[1])
+    cfg, flexible = prepare_config(cfg, work_dir=work_dir, config_path=CONFIG)
+    build_runner(cfg, flexible).train()
+
+
+ATTRIBUTES = dict(colour=("red", "green", "blue", "yellow", "purple", "orange"),
+                  shape=("circle", "square", "triangle", "rectangle", "star"),
+                  hpos=("left", "middle", "right"), vpos=("top", "center", "bottom"))
+
+
+def attribute_accuracy(records: list[dict]) -> dict:
+    """Share of captions naming the right colour / shape / positions (the first such word; references agree)."""
+    def first(words, text):
+        found = [(text.find(w), w) for w in words if re.search(rf"\b{w}\b", text)]
+        return min(found)[1] if found else None
+
+    def truth(words, refs):
+        return first(words, refs[0].lower())
+
+    out = {}
+    for attr, words in ATTRIBUTES.items():
+        hits = [first(words, r["prediction"].lower()) == truth(words, r["references"]) for r in records]
+        out[attr] = round(sum(hits) / max(len(hits), 1), 3)
+    return out
+
+
+def summarise(name: str, run_dir: str, log: str) -> dict:
+    text = open(log, errors="replace").read() if os.path.exists(log) else ""
+    out = dict(name=name)
+    evals = re.findall(r"evaluation at iter (\d+): (.*)", text)
+    if evals:
+        out["iter"] = int(evals[-1][0])
+        out.update({k: float(v) for k, v in re.findall(r"(\S+) ([0-9.]+)(?:,|$)", evals[-1][1])})
+    times = [float(t) for t in re.findall(r"Iter\(train\).*?\btime: ([0-9.]+)", text)]
+    if times:
+        out["s_per_iter"] = round(sum(times[1:]) / max(len(times) - 1, 1), 4)
+    captions = sorted(glob.glob(os.path.join(run_dir, "work", "eval", "*_captions_iter*.json")))
+    if captions:
+        records = json.load(open(captions[-1]))
+        shutil.copy(captions[-1], os.path.join(run_dir, "captions.json"))
+        out["caption_attribute_accuracy"] = attribute_accuracy(records)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", help="NAME:key=value,...")
+    p.add_argument("--out", default="learning_proof_sweep")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--work-dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        _train_child(args.child, args.work_dir)
+        return
+    if not args.runs:
+        p.error("give at least one run")
+
+    specs = [parse_spec(s) for s in args.runs]
+    t0 = time.time()
+    roots = {}
+    for name, opts in specs:  # one asset directory per distinct prepare (made in parallel)
+        roots.setdefault(json.dumps(variant_config(opts).prepare.to_dict(), sort_keys=True, default=str), opts)
+    with ProcessPoolExecutor(len(roots)) as pool:
+        made = list(pool.map(_prepare, roots.values()))
+    print(f"assets {made} ready after {time.time() - t0:.0f} s", flush=True)
+
+    procs = {}
+    for name, _ in specs:
+        run_dir = os.path.join(args.out, name)
+        shutil.rmtree(os.path.join(run_dir, "work"), ignore_errors=True)
+        os.makedirs(run_dir, exist_ok=True)
+        log = open(os.path.join(run_dir, "train.log"), "w")
+        spec = next(s for s in args.runs if s.split(":")[0] == name)
+        procs[name] = (subprocess.Popen([sys.executable, __file__, "--child", spec, "--work-dir",
+                                         os.path.join(run_dir, "work")], stdout=log, stderr=subprocess.STDOUT),
+                       run_dir, log)
+    results = []
+    for name, (proc, run_dir, log) in procs.items():
+        rc = proc.wait()
+        log.close()
+        for f in ("losses.jsonl", "*.png"):
+            for path in glob.glob(os.path.join(run_dir, "work", f)):
+                shutil.copy(path, run_dir)
+        r = summarise(name, run_dir, os.path.join(run_dir, "train.log"))
+        r.update(rc=rc, wall_s=round(time.time() - t0))
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(dict(runs=args.runs, results=results), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
