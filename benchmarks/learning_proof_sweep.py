@@ -8,6 +8,8 @@ A run is ``NAME:key=value,...``. Keys:
   tile=S    InternVL tile size (also the thumbnail that region prompts are gridded on: S/28 cells a side);
             its own asset directory, since the tiny InternVL is made for that size
   iters=N   training iterations (the cosine schedule ends there)
+  mask_weight=W      multiply both mask-loss weights (sigmoid-CE and Dice)
+  decoder_lr_mult=M  learning-rate multiplier of the SAM2 mask decoder (mmengine paramwise_cfg custom_keys)
   anything else is a dotted config key (``optim_wrapper.optimizer.lr=1e-3``), as ``--cfg-options``.
 The runs train concurrently (one process each; the small model leaves the GPU mostly idle, so they share it), each
 evaluates the held-out refcocog val split at its end (ReferEvalHook), and the summary adds per-attribute caption
@@ -92,6 +94,13 @@ def variant_config(options: dict):
         iters = int(options.pop("iters"))
         cfg.train_cfg.max_iters = iters
         cfg.param_scheduler[-1].end = iters
+    if "mask_weight" in options:
+        w = float(options.pop("mask_weight"))
+        cfg.model.loss_mask.loss_weight *= w
+        cfg.model.loss_dice.loss_weight *= w
+    if "decoder_lr_mult" in options:
+        cfg.optim_wrapper.paramwise_cfg = dict(
+            custom_keys={"sam_mask_decoder": dict(lr_mult=float(options.pop("decoder_lr_mult")))})
     if options:
         cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in options.items()})
     return cfg

@@ -61,7 +61,8 @@ model = dict(
 
 # ------------------------------------------------------------------ data
 sam2_processor = dict(type=DirectResize, target_length=sam2_size)
-common = dict(tokenizer=tokenizer, template=template, max_length=max_length, tile_size=tile_size)
+common = dict(tokenizer=tokenizer, template=template, max_length=max_length, tile_size=tile_size,
+              uint8_tiles=True)  # tiles leave the loader as uint8; the model normalises them on its device
 
 refcoco = dict(type=ReferSegmDataset, data_root=data_root + 'ref_seg/refcoco', split_file='refs(unc).p',
                data_prefix=dict(img_path='../../coco2014/train2014/'), extra_image_processor=sam2_processor,

@@ -48,7 +48,7 @@ model.grounding_encoder.update(cfg_path=assets + '/tiny_sam2/sam2_tiny.yaml',  #
 # ------------------------------------------------------------------ data
 sam2_processor = dict(type=DirectResize, target_length=sam2_size['image_size'])  # noqa: F405
 common = dict(tokenizer=tokenizer, template=template, max_length=max_length, tile_size=tile_size,  # noqa: F405
-              max_dynamic_patch=max_dynamic_patch)
+              max_dynamic_patch=max_dynamic_patch, uint8_tiles=True)
 refcocog_seg = dict(type=ReferSegmDataset, data_root=data_root + 'ref_seg/refcocog', split_file='refs(umd).p',  # noqa
                     data_prefix=dict(img_path='../../coco2014/train2014/'), extra_image_processor=sam2_processor,
                     num_classes_per_sample=3, split='train', name='refcocog', **common)

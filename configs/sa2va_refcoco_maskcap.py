@@ -19,6 +19,7 @@ custom_root = './data/custom/'
 
 caption_common = dict(tokenizer=tokenizer, template=template, max_length=max_length,  # noqa: F405
                       tile_size=tile_size, max_dynamic_patch=max_dynamic_patch,  # noqa: F405
+                      uint8_tiles=True,        # as refer_common: one tile dtype per batch
                       skip_bad_records=True)   # regions too small for the 16x16 prompt grid are skipped and counted
 
 region_caption_refcocog = dict(type=ReferRegionCaptionDataset, data_root=data_root + 'refcocog',  # noqa: F405

@@ -67,7 +67,8 @@ model = dict(
 refer_common = dict(tokenizer=tokenizer, template=template, max_length=max_length, tile_size=tile_size,
                     max_dynamic_patch=max_dynamic_patch, data_prefix=dict(img_path=image_dir),
                     extra_image_processor=dict(type=DirectResize, target_length=sam2_size),
-                    num_classes_per_sample=5, split='train')
+                    num_classes_per_sample=5, split='train',
+                    uint8_tiles=True)  # tiles leave the loader as uint8; the model normalises them on the GPU
 refcoco = dict(type=ReferSegmDataset, data_root=data_root + 'refcoco', split_file='refs(unc).p', name='refcoco',
                **refer_common)
 refcoco_plus = dict(type=ReferSegmDataset, data_root=data_root + 'refcoco+', split_file='refs(unc).p',

@@ -70,3 +70,6 @@ def test_errors_name_the_record():
     b["pixel_values"] = torch.zeros(1, 3, 448, 448)
     with pytest.raises(ValueError, match="different shapes"):
         sa2va_collate_fn([a, b])
+    b["pixel_values"] = torch.zeros_like(a["pixel_values"], dtype=torch.uint8)  # one dataset with uint8_tiles only
+    with pytest.raises(ValueError, match=r"different dtypes.*uint8_tiles.*'b': 'torch.uint8'"):
+        sa2va_collate_fn([a, b])

@@ -227,3 +227,13 @@ def test_requires_sam2_processor_and_known_split(make_refer):
         make_refer(extra_image_processor=None)
     with pytest.raises(ValueError, match="testA"):
         make_refer(split="nope")
+
+
+def test_uint8_tiles_option_keeps_everything_else(make_refer):
+    """uint8_tiles=True: the same item with uint8 pixel_values that normalise to the float ones."""
+    from sa2va.datasets.image_processing import normalize_tiles
+
+    a, b = make_refer(seed=3)[0], make_refer(seed=3, uint8_tiles=True)[0]
+    assert b["pixel_values"].dtype == torch.uint8
+    torch.testing.assert_close(normalize_tiles(b["pixel_values"]), a["pixel_values"], rtol=0, atol=0)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["masks"], b["masks"])

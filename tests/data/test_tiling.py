@@ -120,3 +120,18 @@ def test_sam2_direct_resize():
     assert torch.equal(t, torch.from_numpy(arr).permute(2, 0, 1))
     with pytest.raises(ValueError):
         DirectResize(8).apply_image(np.zeros((4, 4), np.uint8))
+
+
+def test_uint8_tiles_are_the_raw_pixels_and_normalise_to_the_float_tiles():
+    """normalize=False keeps the crops' uint8 pixels; normalize_tiles gives exactly the float tiles."""
+    from sa2va.datasets.image_processing import normalize_tiles
+
+    image = _image(640, 480, seed=3)
+    raw = TileProcessor(112, normalize=False)(image)
+    assert raw.dtype == torch.uint8 and raw.shape == (13, 3, 112, 112)
+    cols, rows = 4, 3
+    resized = np.asarray(image.resize((112 * cols, 112 * rows), Image.Resampling.BICUBIC))
+    assert torch.equal(raw[5], torch.from_numpy(resized[112:224, 112:224]).permute(2, 0, 1))  # row 1, col 1
+    assert torch.equal(normalize_tiles(raw), TileProcessor(112)(image))
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_tiles(raw.float())

@@ -252,3 +252,19 @@ def test_compiled_layers_match_eager(tiny_models):
         assert torch.allclose(l0[k], l1[k], atol=1e-4), k
     for n in g0:
         assert torch.allclose(g0[n], g1[n], atol=1e-4, rtol=1e-3), n
+
+
+def test_uint8_tiles_give_the_same_losses_as_normalised_tiles(model):
+    """The loader's uint8_tiles: the model normalises uint8 pixel_values itself, with identical results."""
+    from sa2va.datasets.image_processing import IMAGENET_MEAN, IMAGENET_STD
+
+    batch = collate([seg_sample(model, n_masks=2), caption_sample(model)], model.tokenizer.pad_token_id)
+    g = torch.Generator().manual_seed(5)
+    raw = torch.randint(0, 256, batch["pixel_values"].shape, dtype=torch.uint8, generator=g)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.manual_seed(0)
+    ref = model(dict(batch, pixel_values=(raw.float() / 255 - mean) / std), mode="loss")
+    torch.manual_seed(0)
+    out = model(dict(batch, pixel_values=raw), mode="loss")
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=0, atol=0)

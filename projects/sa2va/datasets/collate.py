@@ -60,6 +60,11 @@ def sa2va_collate_fn(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
             shapes = {_record(x, i): tuple(x["pixel_values"].shape[1:])
                       for i, x in enumerate(instances) if x.get("pixel_values") is not None}
             raise ValueError(f"tiles of different shapes in one batch: {shapes}")
+        if len({t.dtype for t in present}) > 1:  # cat would promote uint8 pixels to float: silently unnormalised
+            dtypes = {_record(x, i): str(x["pixel_values"].dtype)
+                      for i, x in enumerate(instances) if x.get("pixel_values") is not None}
+            raise ValueError(f"tiles of different dtypes in one batch (set uint8_tiles the same on every "
+                             f"dataset): {dtypes}")
         pixel_values = torch.cat(present, dim=0)                                           # [sum T_i, 3, s, s]
     else:
         pixel_values = None

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
+from ..datasets.image_processing import normalize_tiles
 from ..tokenizer import DEFAULT_SPECIAL_TOKENS, IMG_CONTEXT_TOKEN, build_tokenizer
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
@@ -192,7 +193,7 @@ class InternVLMLLM(nn.Module):
 
     # -- vision -----------------------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """tiles [T,3,s,s] -> features [T, tokens_per_tile, D].
+        """tiles [T,3,s,s] (normalised float, or uint8 pixels normalised here) -> features [T, tokens_per_tile, D].
 
         A frozen InternViT runs under ``no_grad``: with gradient checkpointing on, transformers makes the vision
         embeddings require grad, which would otherwise run (and recompute) the whole ViT backward for nothing.
@@ -200,6 +201,8 @@ class InternVLMLLM(nn.Module):
         base = self.hf_model.model
         cfg = base.config
         frozen = not any(p.requires_grad for p in base.vision_tower.parameters())
+        if pixel_values.dtype == torch.uint8:  # the loader's uint8_tiles
+            pixel_values = normalize_tiles(pixel_values)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             out = base.vision_tower(pixel_values=pixel_values.to(base.dtype), return_dict=True,
                                     output_hidden_states=cfg.vision_feature_layer != -1)
