@@ -8,9 +8,8 @@ import os.path as osp
 import re
 
 from mmengine.dist import is_main_process
-from mmengine.utils import mkdir_or_exist
-
 from mmengine.hooks import Hook
+from mmengine.utils import mkdir_or_exist
 
 from ..registry import BUILDER
 
