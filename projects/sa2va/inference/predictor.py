@@ -115,7 +115,9 @@ class Sa2VAPredictor:
         self.system = system
         self.logits_processor = logits_processor
         mllm = self.model.mllm
-        self.tile_processor = TileProcessor(mllm.tile_size, max_dynamic_patch, min_dynamic_patch, use_thumbnail)
+        # uint8 tiles: the model normalises them on its device (as in training with uint8_tiles)
+        self.tile_processor = TileProcessor(mllm.tile_size, max_dynamic_patch, min_dynamic_patch, use_thumbnail,
+                                            normalize=False)
         self.seg_token_id = self.model.seg_token_idx
         self.stop = StopCondition(self.tokenizer, self.template["STOP_WORDS"])
         pad = self.tokenizer.pad_token_id
@@ -209,9 +211,8 @@ class Sa2VAPredictor:
         if region_masks is not None and len(region_masks) != len(texts):
             raise ValueError(f"{len(region_masks)} region masks for {len(texts)} texts")
         model = self.model
-        dtype = model.mllm.lm_head.weight.dtype
         with eval_mode(model):
-            tiles = self.tile_processor(image).to(self.device, dtype)  # [T, 3, s, s]
+            tiles = self.tile_processor(image).to(self.device)  # [T, 3, s, s] uint8
             grids = self.region_grids(torch.stack([torch.as_tensor(np.asarray(m)) for m in region_masks])) \
                 if region_masks is not None else None
             prompts = [self.prompt_ids(self._user_text(t, tiles.shape[0], None if grids is None else grids[k]))
