@@ -78,8 +78,9 @@ def build_model(path: str, variant: str, ckpt: bool):
     return model.cuda()
 
 
-def make_sample(model, kind: str, g: torch.Generator) -> dict:
-    """A sample in the dataset item layout, with RefCOCO-like or mask-caption-like token counts."""
+def make_sample(model, kind: str, g: torch.Generator, uint8_tiles: bool = False) -> dict:
+    """A sample in the dataset item layout, with RefCOCO-like or mask-caption-like token counts (tiles as
+    normalised floats, or as uint8 pixels that the model normalises, as with the configs' ``uint8_tiles``)."""
     m = model.mllm
     ctx, seg = m.img_context_token_id, model.seg_token_idx
     tiles = 13
@@ -90,7 +91,9 @@ def make_sample(model, kind: str, g: torch.Generator) -> dict:
         return torch.randint(100, 500, (n,), generator=g).tolist()
 
     labels = [-100] * len(ids)
-    sample = dict(pixel_values=torch.randn(tiles, 3, 448, 448, generator=g), frames_per_batch=1)
+    pixels = torch.randint(0, 256, (tiles, 3, 448, 448), dtype=torch.uint8, generator=g) if uint8_tiles else \
+        torch.randn(tiles, 3, 448, 448, generator=g)
+    sample = dict(pixel_values=pixels, frames_per_batch=1)
     if kind == "refcoco":
         for _ in range(5):  # 5 question/answer turns, one [SEG] each (~3.5 k tokens in all)
             q, a = words(24), words(4) + [seg] + words(2)
@@ -117,11 +120,11 @@ def make_sample(model, kind: str, g: torch.Generator) -> dict:
     return sample
 
 
-def make_batch(model, batch: str, micro_batch: int, g):
+def make_batch(model, batch: str, micro_batch: int, g, uint8_tiles: bool = False):
     from sa2va.datasets.collate import sa2va_collate_fn
 
     kinds = {"refcoco": ["refcoco"], "caption": ["caption"], "mix": ["refcoco", "caption"]}[batch]
-    samples = [make_sample(model, kinds[i % len(kinds)], g) for i in range(micro_batch)]
+    samples = [make_sample(model, kinds[i % len(kinds)], g, uint8_tiles) for i in range(micro_batch)]
     data = sa2va_collate_fn(samples)["data"]
 
     def to_cuda(x):
@@ -192,7 +195,7 @@ def count_flops(model, data) -> float:
     return float(total)
 
 
-def bench(model, variant, batch, micro_batch, ckpt, steps, warmup):
+def bench(model, variant, batch, micro_batch, ckpt, steps, warmup, uint8_tiles=False):
     torch.manual_seed(0)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -201,7 +204,7 @@ def bench(model, variant, batch, micro_batch, ckpt, steps, warmup):
     n_trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05, fused=True)
     g = torch.Generator().manual_seed(0)
-    data = make_batch(model, batch, micro_batch, g)
+    data = make_batch(model, batch, micro_batch, g, uint8_tiles)
     tokens = int(data["attention_mask"].sum())
 
     def step():
@@ -233,7 +236,8 @@ def bench(model, variant, batch, micro_batch, ckpt, steps, warmup):
     flops = count_flops(model, data)
     del data
     torch.cuda.empty_cache()
-    return dict(variant=variant, batch=batch, micro_batch=micro_batch, grad_ckpt=ckpt, tokens=tokens,
+    return dict(variant=variant, batch=batch, micro_batch=micro_batch, grad_ckpt=ckpt, uint8_tiles=uint8_tiles,
+                tokens=tokens,
                 trainable_params_M=round(n_trainable / 1e6, 1), step_s=round(t_step, 4),
                 samples_per_s=round(micro_batch / t_step, 3), tokens_per_s=round(tokens / t_step, 1),
                 vit_fwd_s=round(t_vit, 4), sam2_encoder_fwd_s=round(t_sam, 4), optimizer_s=round(t_opt, 4),
@@ -250,6 +254,8 @@ def main():
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--ckpt", choices=["auto", "on", "off"], default="auto",
                    help="gradient checkpointing (auto: on for baseline, off for optimized)")
+    p.add_argument("--uint8-tiles", action="store_true",
+                   help="uint8 tiles normalised by the model (the shipped configs' uint8_tiles=True)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default="train_throughput.jsonl")
@@ -266,7 +272,7 @@ def main():
             for batch in args.batches:
                 t0 = time.time()
                 try:
-                    r = bench(model, variant, batch, args.micro_batch, ckpt, args.steps, args.warmup)
+                    r = bench(model, variant, batch, args.micro_batch, ckpt, args.steps, args.warmup, args.uint8_tiles)
                 except torch.cuda.OutOfMemoryError:
                     r = dict(variant=variant, batch=batch, micro_batch=args.micro_batch, grad_ckpt=ckpt, oom=True)
                     model.zero_grad(set_to_none=True)
