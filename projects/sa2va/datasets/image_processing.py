@@ -40,13 +40,19 @@ def tokens_per_tile(tile_size: int, patch_size: int = 14, downsample_ratio: floa
     return prompt_grid_size(tile_size, patch_size, downsample_ratio) ** 2
 
 
+@functools.lru_cache(maxsize=8)
+def _imagenet_mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[1, 3, 1, 1] float32 mean and std on ``device``, made once per device (not copied there every step)."""
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+
+
 def normalize_tiles(tiles: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 tiles ``[T, 3, s, s]`` -> ImageNet-normalised ``dtype`` tiles, on the tiles' device (computed in
     float32, exactly what the image processor's rescale + normalise gives)."""
     if tiles.dtype != torch.uint8:
         raise TypeError(f"normalize_tiles expects uint8 tiles, got {tiles.dtype}")
-    mean = torch.tensor(IMAGENET_MEAN, device=tiles.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=tiles.device).view(1, 3, 1, 1)
+    mean, std = _imagenet_mean_std(tiles.device)
     return ((tiles.float() / 255 - mean) / std).to(dtype)
 
 
