@@ -55,16 +55,15 @@ def sa2va_collate_fn(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
     num_tiles = [0 if t is None else int(t.shape[0]) for t in tiles]
     present = [t for t in tiles if t is not None]
     if present:
-        tile_shapes = {tuple(t.shape[1:]) for t in present}
-        if len(tile_shapes) > 1:
-            shapes = {_record(x, i): tuple(x["pixel_values"].shape[1:])
-                      for i, x in enumerate(instances) if x.get("pixel_values") is not None}
-            raise ValueError(f"tiles of different shapes in one batch: {shapes}")
+        def per_record(prop):  # {record: prop(its tiles)} for an error message
+            return {_record(x, i): prop(x["pixel_values"])
+                    for i, x in enumerate(instances) if x.get("pixel_values") is not None}
+
+        if len({tuple(t.shape[1:]) for t in present}) > 1:
+            raise ValueError(f"tiles of different shapes in one batch: {per_record(lambda t: tuple(t.shape[1:]))}")
         if len({t.dtype for t in present}) > 1:  # cat would promote uint8 pixels to float: silently unnormalised
-            dtypes = {_record(x, i): str(x["pixel_values"].dtype)
-                      for i, x in enumerate(instances) if x.get("pixel_values") is not None}
             raise ValueError(f"tiles of different dtypes in one batch (set uint8_tiles the same on every "
-                             f"dataset): {dtypes}")
+                             f"dataset): {per_record(lambda t: str(t.dtype))}")
         pixel_values = torch.cat(present, dim=0)                                           # [sum T_i, 3, s, s]
     else:
         pixel_values = None
