@@ -186,12 +186,11 @@ def main() -> None:
     print(f"assets {made} ready after {time.time() - t0:.0f} s", flush=True)
 
     procs = {}
-    for name, _ in specs:
+    for spec, (name, _) in zip(args.runs, specs):
         run_dir = os.path.join(args.out, name)
         shutil.rmtree(os.path.join(run_dir, "work"), ignore_errors=True)
         os.makedirs(run_dir, exist_ok=True)
         log = open(os.path.join(run_dir, "train.log"), "w")
-        spec = next(s for s in args.runs if s.split(":")[0] == name)
         procs[name] = (subprocess.Popen([sys.executable, __file__, "--child", spec, "--work-dir",
                                          os.path.join(run_dir, "work")], stdout=log, stderr=subprocess.STDOUT),
                        run_dir, log)
