@@ -10,6 +10,12 @@ A run is ``NAME:key=value,...``. Keys:
   iters=N   training iterations (the cosine schedule ends there)
   mask_weight=W      multiply both mask-loss weights (sigmoid-CE and Dice)
   decoder_lr_mult=M  learning-rate multiplier of the SAM2 mask decoder (mmengine paramwise_cfg custom_keys)
+  batch=N   per-GPU batch size (the length-grouped sampler's too)
+  sampler=random     plain shuffling (mmengine DefaultSampler) instead of length-grouped batches, so batches mix
+            segmentation and caption samples
+  eval_items=N       images (and regions) of the end-of-training generation evaluation
+  tf_every=N         every N iterations, held-out cIoU with the answer teacher-forced (no generation, ~1 s):
+            the [SEG] path's learning curve, logged as "teacher-forced val" lines and OUT/<name>/tf_eval.jsonl
   anything else is a dotted config key (``optim_wrapper.optimizer.lr=1e-3``), as ``--cfg-options``.
 The runs train concurrently (one process each; the small model leaves the GPU mostly idle, so they share it), each
 evaluates the held-out refcocog val split at its end (ReferEvalHook), and the summary adds per-attribute caption
@@ -28,6 +34,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+
+import torch
+import torch.nn.functional as F
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects"))
@@ -78,7 +89,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 
 def variant_config(options: dict):
     """The learning-proof config with a run's options applied."""
-    from mmengine.config import Config, DictAction
+    from mmengine.config import Config, ConfigDict, DictAction
 
     cfg = Config.fromfile(CONFIG)
     options = dict(options)
@@ -101,9 +112,63 @@ def variant_config(options: dict):
     if "decoder_lr_mult" in options:
         cfg.optim_wrapper.paramwise_cfg = dict(
             custom_keys={"sam_mask_decoder": dict(lr_mult=float(options.pop("decoder_lr_mult")))})
+    if "batch" in options:
+        batch = int(options.pop("batch"))
+        cfg.train_dataloader.batch_size = batch
+        cfg.train_dataloader.sampler.per_device_batch_size = batch
+    if options.pop("sampler", "grouped") == "random":
+        cfg.train_dataloader.sampler = dict(type="DefaultSampler", shuffle=True)
+    if "eval_items" in options:
+        cfg.custom_hooks[0].max_items = int(options.pop("eval_items"))
+    if "tf_every" in options:
+        cfg.custom_hooks.append(ConfigDict(type="TeacherForcedSegEval", interval=int(options.pop("tf_every")),
+                                           dataset=cfg.custom_hooks[0].datasets.refcocog_val))
     if options:
         cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in options.items()})
     return cfg
+
+
+# ----------------------------------------------------------------------------------------------- quick eval
+@HOOKS.register_module()
+class TeacherForcedSegEval(Hook):
+    """Held-out cIoU with the answer teacher-forced: the dataset's own "...[SEG]." target is the input, the model
+    predicts one mask per [SEG] (``predict_masks``), scored at the SAM2 input resolution. No text generation, so it
+    is cheap enough to run every few hundred iterations; the final ReferEvalHook numbers are the real ones."""
+
+    priority = "LOW"
+
+    def __init__(self, dataset: dict, interval: int, max_items: int = 200, batch_size: int = 32):
+        self.dataset_cfg, self.interval, self.max_items, self.batch_size = dataset, interval, max_items, batch_size
+        self.dataset = None
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if (runner.iter + 1) % self.interval == 0:
+            self.evaluate(runner)
+
+    @torch.no_grad()
+    def evaluate(self, runner) -> None:
+        from sa2va import BUILDER
+        from sa2va.datasets.collate import sa2va_collate_fn
+
+        if self.dataset is None:
+            self.dataset = BUILDER.build(self.dataset_cfg)
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model.eval()
+        inter = union = 0
+        n = min(self.max_items, len(self.dataset))
+        for start in range(0, n, self.batch_size):
+            items = [self.dataset[i] for i in range(start, min(start + self.batch_size, n))]
+            data = model.data_preprocessor(sa2va_collate_fn(items, model.tokenizer.pad_token_id or 0), False)["data"]
+            for pred, gt in zip(model.predict_masks(data)["pred_masks"], data["masks"]):
+                pred = F.interpolate(pred[:, None].float(), size=gt.shape[-2:], mode="bilinear")[:, 0] > 0
+                gt = gt.bool()
+                inter += int((pred & gt).sum())
+                union += int((pred | gt).sum())
+        model.train()
+        record = dict(iter=runner.iter + 1, cIoU=round(inter / max(union, 1), 4), items=n)
+        runner.logger.info(f"teacher-forced val {json.dumps(record)}")
+        with open(os.path.join(runner.work_dir, "tf_eval.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -155,6 +220,9 @@ def summarise(name: str, run_dir: str, log: str) -> dict:
     times = [float(t) for t in re.findall(r"Iter\(train\).*?\btime: ([0-9.]+)", text)]
     if times:
         out["s_per_iter"] = round(sum(times[1:]) / max(len(times) - 1, 1), 4)
+    tf = os.path.join(run_dir, "tf_eval.jsonl")
+    if os.path.exists(tf):
+        out["teacher_forced_cIoU"] = [json.loads(line) for line in open(tf)]
     captions = sorted(glob.glob(os.path.join(run_dir, "work", "eval", "*_captions_iter*.json")))
     if captions:
         records = json.load(open(captions[-1]))
@@ -198,7 +266,7 @@ def main() -> None:
     for name, (proc, run_dir, log) in procs.items():
         rc = proc.wait()
         log.close()
-        for f in ("losses.jsonl", "*.png"):
+        for f in ("losses.jsonl", "tf_eval.jsonl", "*.png"):
             for path in glob.glob(os.path.join(run_dir, "work", f)):
                 shutil.copy(path, run_dir)
         r = summarise(name, run_dir, os.path.join(run_dir, "train.log"))

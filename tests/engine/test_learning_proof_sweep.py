@@ -1,9 +1,13 @@
 """benchmarks/learning_proof_sweep.py: run specs become the right config changes; captions are scored per
 attribute."""
 import importlib.util
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from mmengine.logging import MMLogger
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("learning_proof_sweep", REPO / "benchmarks" / "learning_proof_sweep.py")
@@ -28,6 +32,14 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert c.optim_wrapper.paramwise_cfg.custom_keys.sam_mask_decoder.lr_mult == 0.5
     assert c.optim_wrapper.optimizer.lr == pytest.approx(1e-3)
     assert "type=" in c.pretty_text  # still dumpable (lazy objects were not built into the tree)
+    _, opts = sweep.parse_spec("b:batch=48,sampler=random,eval_items=30,tf_every=250")
+    c = sweep.variant_config(opts)
+    assert c.train_dataloader.batch_size == 48 and c.train_dataloader.sampler == dict(type="DefaultSampler",
+                                                                                       shuffle=True)
+    assert c.custom_hooks[0].max_items == 30
+    assert c.custom_hooks[1].type == "TeacherForcedSegEval" and c.custom_hooks[1].interval == 250
+    assert c.custom_hooks[1].dataset == c.custom_hooks[0].datasets.refcocog_val
+    assert sweep.variant_config(sweep.parse_spec("g:batch=8")[1]).train_dataloader.sampler.per_device_batch_size == 8
     with pytest.raises(SystemExit, match="key=value"):
         sweep.parse_spec("x:ncls")
 
@@ -38,3 +50,42 @@ def test_attribute_accuracy_reads_the_first_word_of_each_kind():
                dict(prediction="The blue circle that is on the right, near the top.", references=refs)]
     acc = sweep.attribute_accuracy(records)
     assert acc == dict(colour=0.5, shape=0.5, hpos=0.5, vpos=1.0)
+
+
+class _MaskEcho(torch.nn.Module):
+    """Predicts each ground-truth mask (or its complement) as 4x4 low-res logits, like predict_masks."""
+
+    tokenizer = SimpleNamespace(pad_token_id=0)
+
+    def __init__(self, invert=False):
+        super().__init__()
+        self.invert = invert
+
+    def data_preprocessor(self, batch, training):
+        return batch
+
+    def predict_masks(self, data):
+        sign = -1 if self.invert else 1
+        return {"pred_masks": [sign * (m[:, ::2, ::2].float() * 20 - 10) for m in data["masks"]]}
+
+
+def _seg_item(k):
+    mask = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    mask[0, 2 * k:2 * k + 4, 0:2 * (k + 1)] = 1  # 2x2-block aligned, so 4x4 logits upsample back exactly
+    return dict(input_ids=torch.tensor([5, 6, 7]), labels=torch.tensor([-100, 6, 7]), pixel_values=None,
+                g_pixel_values=torch.zeros(3, 8, 8, dtype=torch.uint8), masks=mask, prompt_masks=None,
+                frames_per_batch=1)
+
+
+@pytest.mark.parametrize("invert,expected", [(False, 1.0), (True, 0.0)])
+def test_teacher_forced_eval_scores_ciou_of_the_predicted_masks(tmp_path, invert, expected):
+    hook = sweep.TeacherForcedSegEval(dataset={}, interval=5, max_items=3, batch_size=2)
+    hook.dataset = [_seg_item(k) for k in range(3)]
+    runner = SimpleNamespace(model=_MaskEcho(invert), iter=9, work_dir=str(tmp_path),
+                             logger=MMLogger.get_instance("tf_eval_test"))
+    hook.after_train_iter(runner, 0)
+    (record,) = [json.loads(line) for line in open(tmp_path / "tf_eval.jsonl")]
+    assert record == dict(iter=10, cIoU=expected, items=3)
+    runner.iter = 10  # not a multiple of the interval: no evaluation
+    hook.after_train_iter(runner, 0)
+    assert len(open(tmp_path / "tf_eval.jsonl").readlines()) == 1

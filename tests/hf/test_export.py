@@ -9,7 +9,7 @@ import torch
 from hf_helpers import assert_outputs_close, assert_outputs_equal, batch_for, outputs, perturb, write_config
 from model_helpers import model_config
 from sa2va import BUILDER
-from sa2va.hf import ExportConfig, export_from_config, load_pretrained_sa2va
+from sa2va.hf import ExportConfig, export_from_config, export_sa2va, load_pretrained_sa2va
 from sa2va.models import VideoLLaVASAMModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +72,7 @@ def test_exported_directory_contents(exported_fp32, tiny_models):
     cfg = ExportConfig.load(exported_fp32)
     assert cfg.template == "qwen_chat" and cfg.max_tiles == 6 and cfg.tile_size == 112
     assert cfg.sam2_image_size == 256 and cfg.tokens_per_tile == 16 and cfg.llm_dtype == "float32"
+    assert cfg.sam2_multimask_output is True
     assert cfg.special_tokens == ["[SEG]", "<p>", "</p>", "<vp>", "</vp>"]
     assert cfg.exported_from["checkpoint"].endswith("iter_10.pth")
     assert (exported_fp32 / "sam2_config.yaml").read_text() == Path(tiny_models["sam2_cfg"]).read_text()
@@ -127,3 +128,11 @@ def test_checkpoint_that_does_not_match_the_config_fails_with_names(trained):
 def test_not_an_export_directory(tiny_models):
     with pytest.raises(FileNotFoundError, match="sa2va_config.json"):
         load_pretrained_sa2va(tiny_models["internvl"])
+
+
+def test_single_mask_decoding_choice_survives_export(tiny_models, tmp_path):
+    cfg = model_config(tiny_models)
+    cfg["grounding_encoder"]["multimask_output"] = False
+    export_sa2va(BUILDER.build(cfg).eval(), tmp_path, sam2_config=tiny_models["sam2_cfg"], dtype="fp32")
+    assert ExportConfig.load(tmp_path).sam2_multimask_output is False
+    assert load_pretrained_sa2va(tmp_path).grounding_encoder.multimask_output is False

@@ -129,6 +129,34 @@ def test_predict_mode_returns_one_mask_per_seg(model):
     assert out["pred_masks"][1] is None
 
 
+def test_multimask_choice_best_iou_or_single_mask_token(model):
+    """multimask_output=True keeps the candidate (of 3) the IoU head rates best; False the single-mask token."""
+    runner = model.grounding_encoder
+    sam = runner.sam2_model
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, runner.image_size, runner.image_size)).float()
+    prompts, index = torch.randn(3, runner.hidden_dim), torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        features = runner.encode_images(images)
+        sparse, dense = sam.sam_prompt_encoder(points=(torch.zeros(3, 1, 2), -torch.ones(3, 1, dtype=torch.int32)),
+                                               boxes=None, masks=None)
+        args = dict(image_embeddings=features["low_res"][index], image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=torch.cat([sparse, prompts[:, None]], 1),
+                    dense_prompt_embeddings=dense, repeat_image=False,
+                    high_res_features=[f[index] for f in features["high_res"]])
+        multi, ious, _, _ = sam.sam_mask_decoder(multimask_output=True, **args)  # [3,3,h,w], [3,3]
+        single, _, _, _ = sam.sam_mask_decoder(multimask_output=False, **args)  # [3,1,h,w]
+        best = runner.decode(features, prompts, index)
+        runner.multimask_output = False
+        try:
+            fixed = runner.decode(features, prompts, index)
+        finally:
+            runner.multimask_output = True
+    assert torch.allclose(best["masks"], multi[torch.arange(3), ious.argmax(-1)])
+    assert torch.allclose(fixed["masks"], single[:, 0]) and fixed["ious"].shape == (3, 1)
+    assert not torch.allclose(fixed["masks"], best["masks"])
+
+
 def test_video_sample_frames_are_object_major(tiny_models):
     """frames_per_batch > 1: masks [n_obj*F,H,W] object-major, each frame decoded with the same [SEG] prompt."""
     torch.manual_seed(0)

@@ -84,6 +84,7 @@ def export_sa2va(model, save_dir: str | os.PathLike, sam2_config: str, sam2_hydr
         special_tokens=list(mllm.special_tokens), template=template, tile_size=mllm.tile_size,
         max_tiles=max_tiles, min_tiles=min_tiles, use_thumbnail=use_thumbnail, tokens_per_tile=mllm.tokens_per_tile,
         sam2_image_size=int(runner.image_size), sam2_hydra_overrides=list(sam2_hydra_overrides or []),
+        sam2_multimask_output=bool(runner.multimask_output),
         sam2_source_config=str(sam2_config), llm_dtype=_dtype_name(dtype), exported_from=dict(exported_from or {}),
     ).save(save_dir)
     report.log()

@@ -46,6 +46,7 @@ class ExportConfig:
     tokens_per_tile: int = 256
     sam2_image_size: int = 1024
     sam2_hydra_overrides: list[str] = field(default_factory=list)
+    sam2_multimask_output: bool = True  # SAM2TrainRunner.multimask_output of the trained model
     sam2_source_config: str = ""  # the name or file the training config gave (the YAML itself is in the directory)
     llm_dtype: str = "bfloat16"
     exported_from: dict = field(default_factory=dict)

@@ -34,7 +34,8 @@ def load_pretrained_sa2va(model_dir: str | os.PathLike, dtype=None, attn_impleme
         raise ValueError(f"{model_dir}: the tokenizer has {len(mllm.tokenizer)} tokens but the embedding "
                          f"{mllm.hf_model.get_input_embeddings().weight.shape[0]} rows")
     runner = SAM2TrainRunner(cfg_path=str(model_dir / SAM2_CONFIG_FILE), ckpt_path=str(model_dir / SAM2_WEIGHTS_FILE),
-                             hydra_overrides=export_cfg.sam2_hydra_overrides, image_size=export_cfg.sam2_image_size)
+                             hydra_overrides=export_cfg.sam2_hydra_overrides, image_size=export_cfg.sam2_image_size,
+                             multimask_output=export_cfg.sam2_multimask_output)
     model = VideoLLaVASAMModel(mllm=mllm, grounding_encoder=runner)
     copy_into(model.text_hidden_fcs, load_file(str(model_dir / TEXT_FCS_FILE)), str(model_dir / TEXT_FCS_FILE),
               "text_hidden_fcs")

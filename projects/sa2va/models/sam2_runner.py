@@ -100,12 +100,17 @@ class SAM2TrainRunner(nn.Module):
         freeze_mask_decoder: keep the mask decoder frozen too (the original trains it).
         freeze_image_encoder: keep the Hiera image encoder frozen (the original does); ``False`` trains it too,
             e.g. a model trained from random init.
+        multimask_output: decode SAM2's 3 candidate masks and keep the one its IoU head rates best (the original).
+            The IoU head gets no loss, so that choice is only meaningful with pretrained SAM2 weights; ``False``
+            always uses the single-mask token, a fixed choice for a decoder trained from random init.
     """
 
     def __init__(self, cfg_path: str = "sam2_hiera_l.yaml", ckpt_path: str | None = None,
                  hydra_overrides: list[str] | None = None, image_size: int | None = None,
-                 freeze_mask_decoder: bool = False, freeze_image_encoder: bool = True):
+                 freeze_mask_decoder: bool = False, freeze_image_encoder: bool = True,
+                 multimask_output: bool = True):
         super().__init__()
+        self.multimask_output = multimask_output
         self.sam2_model = instantiate_sam2(cfg_path, hydra_overrides, image_size)
         if ckpt_path is not None:
             load_meta_sam2_checkpoint(self.sam2_model, ckpt_path, cfg_path)
@@ -171,7 +176,7 @@ class SAM2TrainRunner(nn.Module):
             language_embeds: [N, C] one prompt per object.
             image_index: [N] long, which of the F images each object belongs to (features are repeated per
                 object only here, after the encoder).
-        Returns ``{'masks': [N,S/4,S/4] fp32 logits of the best-IoU candidate, 'aux': scalar 0 that touches the IoU
+        Returns ``{'masks': [N,S/4,S/4] fp32 logits of the best-IoU candidate (or the single-mask output), 'aux': scalar 0 that touches the IoU
         and object-score heads (so every trainable parameter receives a gradient)}``.
         """
         sam = self.sam2_model
@@ -192,10 +197,10 @@ class SAM2TrainRunner(nn.Module):
                 image_pe=sam.sam_prompt_encoder.get_dense_pe().to(dtype),
                 sparse_prompt_embeddings=sparse.to(dtype),
                 dense_prompt_embeddings=dense.to(dtype),
-                multimask_output=True,
+                multimask_output=self.multimask_output,
                 repeat_image=False,
                 high_res_features=[f.to(dtype) for f in high_res],
-            )  # [N,3,S/4,S/4], [N,3], [N,1]
+            )  # [N,K,S/4,S/4], [N,K], [N,1] with K = 3 candidates, or 1 without multimask_output
         best = ious.argmax(dim=-1)
         masks = low_res_multimasks[torch.arange(n, device=device), best].float()
         aux = (ious.sum() + object_score_logits.sum()).float() * 0.0
