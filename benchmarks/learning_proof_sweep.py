@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -249,7 +250,8 @@ def main() -> None:
     roots = {}
     for name, opts in specs:  # one asset directory per distinct prepare (made in parallel)
         roots.setdefault(json.dumps(variant_config(opts).prepare.to_dict(), sort_keys=True, default=str), opts)
-    with ProcessPoolExecutor(len(roots)) as pool:
+    # spawn: the parent has imported torch/mmengine (the hook), and CUDA must not be inherited through fork
+    with ProcessPoolExecutor(len(roots), mp_context=multiprocessing.get_context("spawn")) as pool:
         made = list(pool.map(_prepare, roots.values()))
     print(f"assets {made} ready after {time.time() - t0:.0f} s", flush=True)
 
