@@ -61,3 +61,5 @@ def test_learning_proof_trains_everything_from_its_own_assets():
     assert all(d.num_classes_per_sample == 1 for d in c.train_dataloader.dataset.datasets)
     assert (m.loss_mask.loss_weight, m.loss_dice.loss_weight) == (200.0, 50.0)
     assert c.optim_wrapper.paramwise_cfg.custom_keys.sam_mask_decoder.lr_mult == 0.1
+    # an LLM init whose attention is not saturated, and SAM2's single-mask output (its IoU head is untrained)
+    assert c.prepare.internvl.text_init_range == 0.05 and m.grounding_encoder.multimask_output is False
