@@ -35,7 +35,7 @@ tile_size = internvl_size['image_size']
 max_dynamic_patch = 1          # one 224-px tile of the whole image = 64 image tokens (regions use this grid too)
 batch_size = 16
 dataloader_num_workers = 10
-max_iters = 2000
+max_iters = 1700
 lr = 5e-4
 weight_decay = 0.01
 warmup_iters = 100
@@ -88,4 +88,4 @@ log_processor = dict(by_epoch=False, window_size=log_interval)
 refcocog_val = dict(refcocog_seg, split='val', name='refcocog_val')
 custom_hooks = [dict(type=ReferEvalHook, datasets=dict(refcocog_val=refcocog_val),  # noqa: F405
                      caption_datasets=dict(refcocog_val=dict(refcocog_caption, split='val')),
-                     interval=0, max_items=100, max_new_tokens=24)]
+                     interval=0, max_items=60, max_new_tokens=24)]
