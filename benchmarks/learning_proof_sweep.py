@@ -150,23 +150,23 @@ class TeacherForcedSegEval(Hook):
     def evaluate(self, runner) -> None:
         from sa2va import BUILDER
         from sa2va.datasets.collate import sa2va_collate_fn
+        from sa2va.evaluation import ReferSegMetric
 
         if self.dataset is None:
             self.dataset = BUILDER.build(self.dataset_cfg)
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         model.eval()
-        inter = union = 0
+        metric = ReferSegMetric()
         n = min(self.max_items, len(self.dataset))
         for start in range(0, n, self.batch_size):
             items = [self.dataset[i] for i in range(start, min(start + self.batch_size, n))]
             data = model.data_preprocessor(sa2va_collate_fn(items, model.tokenizer.pad_token_id or 0), False)["data"]
-            for pred, gt in zip(model.predict_masks(data)["pred_masks"], data["masks"]):
+            for i, (pred, gt) in enumerate(zip(model.predict_masks(data)["pred_masks"], data["masks"])):
                 pred = F.interpolate(pred[:, None].float(), size=gt.shape[-2:], mode="bilinear")[:, 0] > 0
-                gt = gt.bool()
-                inter += int((pred & gt).sum())
-                union += int((pred | gt).sum())
+                for k in range(gt.shape[0]):  # one [SEG] per object
+                    metric.add(pred[k], gt[k], key=(start + i, k))
         model.train()
-        record = dict(iter=runner.iter + 1, cIoU=round(inter / max(union, 1), 4), items=n)
+        record = dict(iter=runner.iter + 1, cIoU=round(metric.compute()["cIoU"], 4), items=n)
         runner.logger.info(f"teacher-forced val {json.dumps(record)}")
         with open(os.path.join(runner.work_dir, "tf_eval.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
