@@ -6,8 +6,9 @@
 Writes synthetic REFER data (``sa2va.datasets.synthetic``), keeps the 640x480 JPEG images (RefCOCO's typical
 COCO size: 12 tiles + thumbnail = 13 x 448 px tiles = 3328 image tokens), and reads items with real settings:
 448-px tiles, up to 12 tiles + thumbnail, SAM2 input 1024x1024, 5 refs per sample, qwen_chat template.
-``--uint8-tiles`` leaves the tiles as uint8 pixels (what the shipped configs do). ``--workers 0`` times ``dataset[i]`` in this process (= one DataLoader worker's rate); ``--workers N`` also
-times a DataLoader with N workers and the real collate function. A per-stage breakdown of one item is printed too.
+``--uint8-tiles`` leaves the tiles as uint8 pixels (what the shipped configs do). ``--workers 0`` times
+``dataset[i]`` in this process (= one DataLoader worker's rate); ``--workers N`` also times a DataLoader with N
+workers and the real collate function. A per-stage breakdown of one item is printed too.
 The tokenizer defaults to the tiny test tokenizer (a real one gives nearly the same time: the sequence is
 ~95 % ``<IMG_CONTEXT>`` special tokens).
 """

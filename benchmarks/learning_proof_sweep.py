@@ -117,7 +117,10 @@ def variant_config(options: dict):
         batch = int(options.pop("batch"))
         cfg.train_dataloader.batch_size = batch
         cfg.train_dataloader.sampler.per_device_batch_size = batch
-    if options.pop("sampler", "grouped") == "random":
+    sampler = options.pop("sampler", "grouped")
+    if sampler not in ("grouped", "random"):
+        raise SystemExit(f"sampler={sampler!r}: use grouped or random")
+    if sampler == "random":
         cfg.train_dataloader.sampler = dict(type="DefaultSampler", shuffle=True)
     if "eval_items" in options:
         cfg.custom_hooks[0].max_items = int(options.pop("eval_items"))

@@ -237,8 +237,7 @@ def bench(model, variant, batch, micro_batch, ckpt, steps, warmup, uint8_tiles=F
     del data
     torch.cuda.empty_cache()
     return dict(variant=variant, batch=batch, micro_batch=micro_batch, grad_ckpt=ckpt, uint8_tiles=uint8_tiles,
-                tokens=tokens,
-                trainable_params_M=round(n_trainable / 1e6, 1), step_s=round(t_step, 4),
+                tokens=tokens, trainable_params_M=round(n_trainable / 1e6, 1), step_s=round(t_step, 4),
                 samples_per_s=round(micro_batch / t_step, 3), tokens_per_s=round(tokens / t_step, 1),
                 vit_fwd_s=round(t_vit, 4), sam2_encoder_fwd_s=round(t_sam, 4), optimizer_s=round(t_opt, 4),
                 llm_decoder_loss_s=round(t_step - t_vit - t_sam - t_opt, 4),

@@ -40,6 +40,8 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert c.custom_hooks[1].type == "TeacherForcedSegEval" and c.custom_hooks[1].interval == 250
     assert c.custom_hooks[1].dataset == c.custom_hooks[0].datasets.refcocog_val
     assert sweep.variant_config(sweep.parse_spec("g:batch=8")[1]).train_dataloader.sampler.per_device_batch_size == 8
+    with pytest.raises(SystemExit, match="grouped or random"):
+        sweep.variant_config(dict(sampler="rand"))
     with pytest.raises(SystemExit, match="key=value"):
         sweep.parse_spec("x:ncls")
 

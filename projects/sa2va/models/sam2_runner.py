@@ -4,7 +4,8 @@ Sa2VA prompts SAM2's mask decoder with the projected hidden state of a ``[SEG]``
 to the sparse prompt tokens after the two "not-a-point" padding tokens that SAM2's prompt encoder produces when no
 point or box is given. Training uses single frames (no memory attention): image encoder -> high-res features
 (``conv_s0``/``conv_s1``) -> low-res feature + ``no_mem_embed`` -> mask decoder with 3 multimask outputs -> the
-mask with the best predicted IoU, as low-resolution logits (``image_size / 4``: 256x256 at 1024).
+mask with the best predicted IoU (or, with ``multimask_output=False``, the single-mask output), as low-resolution
+logits (``image_size / 4``: 256x256 at 1024).
 """
 from __future__ import annotations
 
@@ -176,8 +177,9 @@ class SAM2TrainRunner(nn.Module):
             language_embeds: [N, C] one prompt per object.
             image_index: [N] long, which of the F images each object belongs to (features are repeated per
                 object only here, after the encoder).
-        Returns ``{'masks': [N,S/4,S/4] fp32 logits of the best-IoU candidate (or the single-mask output), 'aux': scalar 0 that touches the IoU
-        and object-score heads (so every trainable parameter receives a gradient)}``.
+        Returns ``{'masks': [N,S/4,S/4] fp32 logits of the best-IoU candidate (or the single-mask output),
+        'ious': [N,K] predicted IoUs, 'aux': scalar 0 that touches the IoU and object-score heads (so every trainable
+        parameter receives a gradient)}``.
         """
         sam = self.sam2_model
         n = language_embeds.shape[0]
