@@ -10,6 +10,9 @@ A run is ``NAME:key=value,...``. Keys:
   iters=N   training iterations (the cosine schedule ends there)
   mask_weight=W      multiply both mask-loss weights (sigmoid-CE and Dice)
   decoder_lr_mult=M  learning-rate multiplier of the SAM2 mask decoder (mmengine paramwise_cfg custom_keys)
+  lr_mult.KEY=M      learning-rate multiplier of the parameters whose name contains KEY (e.g. text_hidden_fcs)
+  vit_pos=zeros|sincos  the tiny InternViT's initial position embeddings (own asset directory)
+  seed=N    training seed (data order, new-token rows, text_hidden_fcs); the tiny models and data keep seed 0
   batch=N   per-GPU batch size (the length-grouped sampler's too)
   sampler=random     plain shuffling (mmengine DefaultSampler) instead of length-grouped batches, so batches mix
             segmentation and caption samples
@@ -100,6 +103,13 @@ def variant_config(options: dict):
         cfg.prepare.internvl.image_size = tile
         _replace_prefix(cfg._cfg_dict, root, f"{root}_{tile}")
         _set_key(cfg._cfg_dict, "tile_size", tile)
+    if "vit_pos" in options:
+        pos = options.pop("vit_pos")
+        root = cfg.prepare.root
+        cfg.prepare.internvl.vision_positions = pos
+        _replace_prefix(cfg._cfg_dict, root, f"{root}_pos{pos}")
+    if "seed" in options:
+        cfg.randomness.seed = int(options.pop("seed"))
     if "ncls" in options:
         _set_key(cfg._cfg_dict, "num_classes_per_sample", int(options.pop("ncls")))
     if "iters" in options:
@@ -110,9 +120,12 @@ def variant_config(options: dict):
         w = float(options.pop("mask_weight"))
         cfg.model.loss_mask.loss_weight *= w
         cfg.model.loss_dice.loss_weight *= w
+    custom_keys = dict(cfg.optim_wrapper.get("paramwise_cfg", {}).get("custom_keys", {}))
     if "decoder_lr_mult" in options:
-        cfg.optim_wrapper.paramwise_cfg = dict(
-            custom_keys={"sam_mask_decoder": dict(lr_mult=float(options.pop("decoder_lr_mult")))})
+        custom_keys["sam_mask_decoder"] = dict(lr_mult=float(options.pop("decoder_lr_mult")))
+    for key in [k for k in options if k.startswith("lr_mult.")]:
+        custom_keys[key[len("lr_mult."):]] = dict(lr_mult=float(options.pop(key)))
+    cfg.optim_wrapper.paramwise_cfg = dict(custom_keys=custom_keys)
     if "batch" in options:
         batch = int(options.pop("batch"))
         cfg.train_dataloader.batch_size = batch

@@ -9,6 +9,9 @@ from pathlib import Path
 from mmengine.logging import MMLogger
 
 _MARKER = "demo_assets.json"
+# Bump when the tiny models or the synthetic data change, so that sets written by older code are rewritten.
+# 2: the tiny InternViT starts with sine-cosine positions instead of zeros.
+_ASSETS_VERSION = 2
 
 
 def make_demo_assets(root: str | os.PathLike, seed: int = 0, num_images: int = 48, internvl: dict | None = None,
@@ -30,7 +33,7 @@ def _make_unlocked(root: Path, seed: int, num_images: int, internvl: dict | None
     from .tiny_models import make_tiny_models
 
     marker = root / _MARKER
-    wanted = {"seed": seed, "num_images": num_images}
+    wanted = {"version": _ASSETS_VERSION, "seed": seed, "num_images": num_images}
     if internvl or sam2:
         wanted.update(internvl=internvl or {}, sam2=sam2 or {})
     if marker.is_file() and json.loads(marker.read_text()).get("args") == wanted:

@@ -114,9 +114,39 @@ def tiny_internvl_config(vocab_size: int, image_token_id: int, eos_token_id: int
     )
 
 
-def make_tiny_internvl(save_dir: str | os.PathLike, seed: int = 0, **sizes) -> Path:
+def sincos_position_grid(grid: int, dim: int) -> torch.Tensor:
+    """2-D sine-cosine position codes, ``[grid * grid, dim]`` in raster order: the first half of the channels
+    codes the column, the second half the row (``dim / 4`` frequencies each, sine and cosine)."""
+    if dim % 4:
+        raise ValueError(f"sine-cosine positions need a width divisible by 4, got {dim}")
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # [dim/4]
+    coords = torch.arange(grid, dtype=torch.float64)
+    angles = coords[:, None] * freqs[None]                                                # [grid, dim/4]
+    axis = torch.cat([angles.sin(), angles.cos()], 1)                                     # [grid, dim/2]
+    rows, cols = torch.meshgrid(coords.long(), coords.long(), indexing="ij")
+    return torch.cat([axis[cols.reshape(-1)], axis[rows.reshape(-1)]], 1).float()         # [grid*grid, dim]
+
+
+def _init_vision_positions(embeddings, vision_config, scale: float = 1.0) -> None:
+    """Give the random InternViT informative absolute positions. transformers initialises
+    ``position_embeddings`` to zeros (a pretrained checkpoint overwrites them); a ViT trained from zeros starts
+    permutation-invariant, so its tokens say nothing about *where* they are until the positions are learned.
+    Sine-cosine codes as MAE initialises its ViT (std ~0.5 over the table, about the patch embeddings' std for the
+    0.02 conv init on normalised pixels); they stay trainable."""
+    grid = vision_config.image_size[0] // vision_config.patch_size[0]
+    with torch.no_grad():
+        table = embeddings.position_embeddings  # [1, 1 + grid*grid, hidden]; row 0 is the CLS token's
+        table.zero_()
+        table[0, 1:] = scale * sincos_position_grid(grid, table.shape[-1])
+
+
+def make_tiny_internvl(save_dir: str | os.PathLike, seed: int = 0, vision_positions: str = "sincos",
+                       **sizes) -> Path:
     """Write a tiny native-InternVL checkpoint directory (config, safetensors, tokenizer); ``sizes`` are
-    :func:`tiny_internvl_config` arguments (``image_size``, ``vision_hidden``, ``text_layers``, ...)."""
+    :func:`tiny_internvl_config` arguments (``image_size``, ``vision_hidden``, ``text_layers``, ...).
+    ``vision_positions``: "sincos" (default, see :func:`_init_vision_positions`) or "zeros" (transformers' init)."""
+    if vision_positions not in ("sincos", "zeros"):
+        raise ValueError(f"vision_positions={vision_positions!r}: use 'sincos' or 'zeros'")
     from transformers import InternVLForConditionalGeneration
 
     save_dir = Path(save_dir)
@@ -131,6 +161,8 @@ def make_tiny_internvl(save_dir: str | os.PathLike, seed: int = 0, **sizes) -> P
     )
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
+    if vision_positions == "sincos":
+        _init_vision_positions(model.model.vision_tower.embeddings, config.vision_config)
     model.save_pretrained(save_dir)
     tokenizer.save_pretrained(save_dir)
     return save_dir
