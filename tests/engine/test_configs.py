@@ -63,3 +63,4 @@ def test_learning_proof_trains_everything_from_its_own_assets():
     assert c.optim_wrapper.paramwise_cfg.custom_keys.sam_mask_decoder.lr_mult == 0.1
     # an LLM init whose attention is not saturated, and SAM2's single-mask output (its IoU head is untrained)
     assert c.prepare.internvl.text_init_range == 0.05 and m.grounding_encoder.multimask_output is False
+    assert m.prompt_init_gain == 4.0 and c.custom_hooks[-1].max_seconds == 480

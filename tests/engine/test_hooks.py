@@ -102,3 +102,26 @@ def test_loss_curve_gathers_over_gloo_ranks(tmp_path):
     assert rows[0] == {"iter": 1, "loss": 0.5, "loss_mask": 0.5,
                        "per_rank": {"loss": [0.0, 1.0], "loss_mask": [1.0, 0.0]}}
     assert rows[2]["loss"] == 2.0 and rows[2]["per_rank"]["loss"] == [2.0, None]
+
+
+def test_train_time_limit_stops_the_loop_once_the_budget_is_spent(monkeypatch, caplog):
+    from sa2va.engine import hooks as hooks_module
+    from sa2va.engine.hooks import TrainTimeLimitHook
+
+    clock = iter([100.0, 130.0, 159.0, 161.0, 190.0])
+    monkeypatch.setattr(hooks_module.time, "monotonic", lambda: next(clock))
+    runner = SimpleNamespace(iter=0, max_iters=1000, train_loop=SimpleNamespace(stop_training=False),
+                             logger=logging.getLogger("test_hooks"))
+    hook = TrainTimeLimitHook(max_seconds=60)
+    hook.before_train(runner)
+    stopped_at = None
+    with caplog.at_level(logging.INFO, logger="test_hooks"):
+        for i in range(5):
+            runner.iter = i
+            hook.after_train_iter(runner, i)
+            if runner.train_loop.stop_training and stopped_at is None:
+                stopped_at = i
+    assert stopped_at == 3  # 161 - 100 > 60; 159 - 100 is not
+    assert caplog.text.count("stopping") == 1 and "iteration 4/1000" in caplog.text
+    with pytest.raises(ValueError, match="max_seconds"):
+        TrainTimeLimitHook(max_seconds=0)

@@ -37,8 +37,14 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert c.train_dataloader.batch_size == 48 and c.train_dataloader.sampler == dict(type="DefaultSampler",
                                                                                        shuffle=True)
     assert c.custom_hooks[0].max_items == 30
-    assert c.custom_hooks[1].type == "TeacherForcedSegEval" and c.custom_hooks[1].interval == 250
-    assert c.custom_hooks[1].dataset == c.custom_hooks[0].datasets.refcocog_val
+    assert c.custom_hooks[-1].type == "TeacherForcedSegEval" and c.custom_hooks[-1].interval == 250
+    assert c.custom_hooks[-1].dataset == c.custom_hooks[0].datasets.refcocog_val
+    _, opts = sweep.parse_spec("p:vit_pos=zeros,seed=3,lr_mult.text_hidden_fcs=10")
+    c = sweep.variant_config(opts)
+    assert c.prepare.internvl.vision_positions == "zeros" and c.randomness.seed == 3
+    assert c.prepare.root == base.prepare.root + "_poszeros" and c.model.mllm.model_path.startswith(c.prepare.root)
+    assert c.optim_wrapper.paramwise_cfg.custom_keys == dict(sam_mask_decoder=dict(lr_mult=0.1),
+                                                             text_hidden_fcs=dict(lr_mult=10.0))
     assert sweep.variant_config(sweep.parse_spec("g:batch=8")[1]).train_dataloader.sampler.per_device_batch_size == 8
     with pytest.raises(SystemExit, match="grouped or random"):
         sweep.variant_config(dict(sampler="rand"))

@@ -296,3 +296,38 @@ def test_uint8_tiles_give_the_same_losses_as_normalised_tiles(model):
     out = model(dict(batch, pixel_values=raw), mode="loss")
     for k in ref:
         torch.testing.assert_close(out[k], ref[k], rtol=0, atol=0)
+
+
+def test_tiny_internvit_starts_with_sincos_positions(tmp_path):
+    """transformers zero-initialises InternViT's position table; the tiny model writes sine-cosine codes so
+    that a from-scratch ViT knows where its patches are ("zeros" keeps transformers' init)."""
+    import torch
+    from transformers import InternVLForConditionalGeneration
+
+    from sa2va.tiny_models import make_tiny_internvl, sincos_position_grid
+
+    for positions in ("sincos", "zeros"):
+        path = make_tiny_internvl(tmp_path / positions, vision_positions=positions)
+        table = InternVLForConditionalGeneration.from_pretrained(path).model.vision_tower.embeddings.position_embeddings
+        assert table.shape == (1, 1 + 8 * 8, 32)  # 112-px tiles, patch 14
+        expected = sincos_position_grid(8, 32) if positions == "sincos" else torch.zeros(64, 32)
+        torch.testing.assert_close(table[0, 1:].detach(), expected)
+        assert float(table[0, 0].abs().max()) == 0.0
+    grid = sincos_position_grid(8, 32)
+    # first half codes the column, second half the row: patches in one column share the first half
+    torch.testing.assert_close(grid[3, :16], grid[8 * 5 + 3, :16])
+    assert not torch.allclose(grid[3, 16:], grid[8 * 5 + 3, 16:])
+    with pytest.raises(ValueError, match="vision_positions"):
+        make_tiny_internvl(tmp_path / "bad", vision_positions="learned")
+
+
+def test_prompt_init_gain_scales_the_initial_prompts(tiny_models):
+    """prompt_init_gain multiplies text_hidden_fcs' last layer at build: the same seed gives prompts exactly
+    gain x larger."""
+    torch.manual_seed(0)
+    base = BUILDER.build(model_config(tiny_models))
+    torch.manual_seed(0)
+    scaled = BUILDER.build(model_config(tiny_models, prompt_init_gain=4.0))
+    h = torch.randn(3, base.mllm.hidden_size)
+    with torch.no_grad():
+        torch.testing.assert_close(scaled.text_hidden_fcs(h), 4.0 * base.text_hidden_fcs(h))

@@ -1,10 +1,10 @@
 from .checkpoint import AtomicCheckpointHook, find_resumable_checkpoint, register_checkpoint_safe_globals
 from .eval_hook import ReferEvalHook
-from .hooks import DatasetSummaryHook, LossCurveHook, ThroughputHook
+from .hooks import DatasetSummaryHook, LossCurveHook, ThroughputHook, TrainTimeLimitHook
 from .loops import TrainLoop
 from .resume_state import ResumeStateHook
 from .runner import build_runner, prepare_config
 
-__all__ = ["AtomicCheckpointHook", "DatasetSummaryHook", "LossCurveHook", "ReferEvalHook", "ResumeStateHook", "ThroughputHook",
-           "TrainLoop", "build_runner", "find_resumable_checkpoint", "prepare_config",
-           "register_checkpoint_safe_globals"]
+__all__ = ["AtomicCheckpointHook", "DatasetSummaryHook", "LossCurveHook", "ReferEvalHook", "ResumeStateHook",
+           "ThroughputHook", "TrainLoop", "TrainTimeLimitHook", "build_runner", "find_resumable_checkpoint",
+           "prepare_config", "register_checkpoint_safe_globals"]

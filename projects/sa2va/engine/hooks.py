@@ -58,6 +58,39 @@ def mean_over_ranks(rows: list[dict]) -> dict:
 
 
 @BUILDER.register_module()
+class TrainTimeLimitHook(Hook):
+    """Ends training after ``max_seconds`` of training (counted from the first iteration, so asset writing and
+    model building are not in it); the end-of-training hooks (evaluation, last checkpoint) still run. Every rank
+    stops at the same iteration: rank 0's clock decides. The schedule is not shortened: a run stopped early
+    ends at the learning rate it had reached."""
+
+    priority = "VERY_LOW"
+
+    def __init__(self, max_seconds: float):
+        if max_seconds <= 0:
+            raise ValueError(f"TrainTimeLimitHook: max_seconds must be > 0, got {max_seconds}")
+        self.max_seconds = float(max_seconds)
+        self._start = None
+
+    def before_train(self, runner):
+        self._start = None
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        over = now - self._start > self.max_seconds
+        if get_world_size() > 1:
+            flag = torch.tensor([float(over)], device=next(runner.model.parameters()).device)
+            torch.distributed.broadcast(flag, src=0)
+            over = bool(flag.item())
+        if over and not runner.train_loop.stop_training:
+            runner.logger.info(f"TrainTimeLimitHook: {self.max_seconds:.0f} s of training reached at iteration "
+                               f"{runner.iter + 1}/{runner.max_iters}; stopping")
+            runner.train_loop.stop_training = True
+
+
+@BUILDER.register_module()
 class LossCurveHook(Hook):
     """Writes ``loss_curve.png`` (every loss term and the total, per iteration) to the work dir at each
     checkpoint and at the end, plus ``losses.jsonl`` with the raw per-iteration values.
