@@ -20,8 +20,9 @@ with read_base():
 #   held-out cIoU rose from 0.35 to 0.52. With 0.02 the [SEG] states of different objects start at cosine 0.99.
 # - prompt_init_gain=4: text_hidden_fcs starts with prompts ~4x larger (norm ~7, as SAM2's own decoder tokens).
 #   A random SAM2 decoder barely reacts to the default-size prompts (5 % of the mask logits' spread depends on
-#   the prompt), learns to ignore them, and the "segment every shape" plateau is left late or never: 2 of 8 runs
-#   by iteration 750 at gain 1, all 4 runs at gains 4 and 8 (teacher-forced cIoU 0.48-0.65 at 1200 iterations);
+#   the prompt), learns to ignore them, and the "segment every shape" plateau is left late or never: 3 of 12 runs
+#   left it within 850-1500 iterations at gain 1, 7 of 8 at gains 4-8 (held-out cIoU 0.40-0.65); it is still
+#   a random event (the fifth-session section of docs/benchmarks.md);
 # - the tiny InternViT starts with sine-cosine positions (transformers zero-initialises them), so image and
 #   region tokens say where they are (the captions' left / middle / right);
 # - SAM2 decodes with its single-mask token (multimask_output=False): the original's best-of-3 choice is made by
