@@ -32,7 +32,11 @@ def _import_tool():
 @pytest.fixture(scope="module")
 def demo_checkpoint(tmp_path_factory):
     """The demo config's assets under a temp dir and a checkpoint of its (untrained) model whose [SEG] head row
-    copies that of a token the untrained model likes to emit, so answers do contain [SEG]s."""
+    copies that of the token the untrained model emits most often on the val images, so answers contain [SEG]s."""
+    from collections import Counter
+
+    from sa2va.evaluation.refer_eval import EVAL_PROMPT
+    from sa2va.inference import Sa2VAPredictor
     from sa2va.inference.loading import load_model_from_config
 
     root = tmp_path_factory.mktemp("demo")
@@ -40,13 +44,19 @@ def demo_checkpoint(tmp_path_factory):
     os.chdir(root)  # the demo writes its assets relative to the working directory
     try:
         torch.manual_seed(0)
-        model, _ = load_model_from_config(DEMO_CONFIG, None, device="cpu", dtype="float32", cfg_options=OPTIONS)
+        model, settings = load_model_from_config(DEMO_CONFIG, None, device="cpu", dtype="float32",
+                                                 cfg_options=OPTIONS)
+        predictor = Sa2VAPredictor(model, **{**settings, "max_new_tokens": 8})
+        images = sorted(root.glob("work_dirs/*/data/coco2014/train2014/*.jpg"))[:4]
+        assert images, f"no demo images under {root}"
+        emitted = Counter(t for image in images for p in predictor.predict_many(
+            image, [EVAL_PROMPT.format(sent=s) for s in ("the red circle", "blue square")]) for t in p.token_ids)
+        liked = emitted.most_common(1)[0][0]
         state = model.state_dict()
         head = next(k for k in state if "lm_head" in k and "trainable_tokens_delta" in k)  # rows of the new tokens
         base = model.mllm.lm_head.base_layer.weight if hasattr(model.mllm.lm_head, "base_layer") \
             else model.mllm.lm_head.weight
-        ri = model.tokenizer(" ri", add_special_tokens=False).input_ids[0]
-        state[head][0] = base[ri] * 1.05  # row 0 = [SEG]: wins wherever " ri" would
+        state[head][0] = base[liked] * 1.05  # row 0 = [SEG]: wins wherever the liked token would
         torch.save({"state_dict": state, "meta": {}}, root / "demo_ckpt.pth")
     finally:
         os.chdir(cwd)
