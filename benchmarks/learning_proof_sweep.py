@@ -227,6 +227,11 @@ def attribute_accuracy(records: list[dict]) -> dict:
     return out
 
 
+def work_dir_of(run_dir: str, name: str) -> str:
+    """The run's mmengine work dir; named after the run, which titles its loss-curve plot."""
+    return os.path.join(run_dir, f"work_{name}")
+
+
 def summarise(name: str, run_dir: str, log: str) -> dict:
     text = open(log, errors="replace").read() if os.path.exists(log) else ""
     out = dict(name=name)
@@ -240,7 +245,7 @@ def summarise(name: str, run_dir: str, log: str) -> dict:
     tf = os.path.join(run_dir, "tf_eval.jsonl")
     if os.path.exists(tf):
         out["teacher_forced_cIoU"] = [json.loads(line) for line in open(tf)]
-    captions = sorted(glob.glob(os.path.join(run_dir, "work", "eval", "*_captions_iter*.json")))
+    captions = sorted(glob.glob(os.path.join(work_dir_of(run_dir, name), "eval", "*_captions_iter*.json")))
     if captions:
         records = json.load(open(captions[-1]))
         shutil.copy(captions[-1], os.path.join(run_dir, "captions.json"))
@@ -274,18 +279,18 @@ def main() -> None:
     procs = {}
     for spec, (name, _) in zip(args.runs, specs):
         run_dir = os.path.join(args.out, name)
-        shutil.rmtree(os.path.join(run_dir, "work"), ignore_errors=True)
+        shutil.rmtree(work_dir_of(run_dir, name), ignore_errors=True)
         os.makedirs(run_dir, exist_ok=True)
         log = open(os.path.join(run_dir, "train.log"), "w")
         procs[name] = (subprocess.Popen([sys.executable, __file__, "--child", spec, "--work-dir",
-                                         os.path.join(run_dir, "work")], stdout=log, stderr=subprocess.STDOUT),
+                                         work_dir_of(run_dir, name)], stdout=log, stderr=subprocess.STDOUT),
                        run_dir, log)
     results = []
     for name, (proc, run_dir, log) in procs.items():
         rc = proc.wait()
         log.close()
         for f in ("losses.jsonl", "tf_eval.jsonl", "*.png"):
-            for path in glob.glob(os.path.join(run_dir, "work", f)):
+            for path in glob.glob(os.path.join(work_dir_of(run_dir, name), f)):
                 shutil.copy(path, run_dir)
         r = summarise(name, run_dir, os.path.join(run_dir, "train.log"))
         r.update(rc=rc, wall_s=round(time.time() - t0))
