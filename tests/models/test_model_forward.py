@@ -331,3 +331,25 @@ def test_prompt_init_gain_scales_the_initial_prompts(tiny_models):
     h = torch.randn(3, base.mllm.hidden_size)
     with torch.no_grad():
         torch.testing.assert_close(scaled.text_hidden_fcs(h), 4.0 * base.text_hidden_fcs(h))
+
+
+def test_random_sam2_decoder_reacts_more_to_larger_prompts(tiny_models):
+    """The reason for prompt_init_gain: with a randomly initialised SAM2 decoder, the share of the mask logits'
+    spread that depends on the prompt grows with the initial prompt size (docs/benchmarks.md, fifth session)."""
+    def prompt_dependent_share(gain):
+        torch.manual_seed(0)
+        m = BUILDER.build(model_config(tiny_models, prompt_init_gain=gain)).eval()
+        runner = m.grounding_encoder
+        g = torch.Generator().manual_seed(1)
+        image = torch.rand(1, 3, runner.image_size, runner.image_size, generator=g)
+        d = m.mllm.hidden_size
+        # [SEG] states of different questions share most of their direction (pairwise cosine ~0.9 at init)
+        common = torch.randn(1, d, generator=g)
+        hidden = torch.nn.functional.normalize(common + 0.3 * torch.randn(16, d, generator=g), dim=1) * d ** 0.5
+        with torch.no_grad():
+            logits = runner.decode(runner.encode_images(image), m.text_hidden_fcs(hidden),
+                                   torch.zeros(16, dtype=torch.long))["masks"].flatten(1)  # [16, h*w]
+        return float((logits - logits.mean(0)).std() / logits.std())
+
+    low, high = prompt_dependent_share(1.0), prompt_dependent_share(4.0)
+    assert low < 0.2 and high > 5 * low, (low, high)
