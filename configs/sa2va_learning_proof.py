@@ -17,19 +17,22 @@ with read_base():
 # - the LLM's init range: 0.05. With 0.15 the random attention logits have a std of ~9 (saturated softmax): the
 #   referred colour is not linearly decodable from the [SEG] hidden state (linear probe: chance) and the prompts
 #   collapse to one "segment every shape" vector; with 0.05 a probe reads the colour at init (0.88 held out) and
-#   held-out cIoU rose from 0.35 to 0.52. With 0.02 the [SEG] states of different objects start at cosine 0.99.
+#   one run reached held-out cIoU 0.52 (a replicate with another seed did not leave the plateau). With 0.02 the
+#   [SEG] states of different objects start at cosine 0.99.
 # - prompt_init_gain=4: text_hidden_fcs starts with prompts ~4x larger (norm ~7, as SAM2's own decoder tokens).
 #   A random SAM2 decoder barely reacts to the default-size prompts (5 % of the mask logits' spread depends on
 #   the prompt), learns to ignore them, and the "segment every shape" plateau is left late or never: 3 of 12 runs
 #   left it within 850-1500 iterations at gain 1, 7 of 8 at gains 4-8 (held-out cIoU 0.40-0.65); it is still
 #   a random event (the fifth-session section of docs/benchmarks.md);
 # - the tiny InternViT starts with sine-cosine positions (transformers zero-initialises them), so image and
-#   region tokens say where they are (the captions' left / middle / right);
+#   region tokens say where they are (captions: vertical position 0.57 -> 1.00; the horizontal one and the shape
+#   are still at chance);
 # - SAM2 decodes with its single-mask token (multimask_output=False): the original's best-of-3 choice is made by
 #   an IoU head that gets no loss, i.e. by a random head when SAM2 starts from random weights;
 # - one question / region per sample (num_classes_per_sample=1) and a short image prefix (one 224-px tile);
 # - mask-loss weights x100 and a 10x smaller SAM2-decoder learning rate: the mask losses reach the shared LLM
-#   ~1000x weaker than the LM loss (gradient norms on the LLM weights).
+#   ~1000x weaker than the LM loss (gradient norms on the LLM weights); with the decoder at the full learning
+#   rate no run left the plateau.
 # ------------------------------------------------------------------ sizes
 assets = './work_dirs/learning_proof_assets'
 internvl_size = dict(image_size=224, vision_hidden=192, vision_layers=4, vision_heads=3,   # 64 tokens per tile
