@@ -127,7 +127,7 @@ def sincos_position_grid(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([axis[cols.reshape(-1)], axis[rows.reshape(-1)]], 1).float()         # [grid*grid, dim]
 
 
-def _init_vision_positions(embeddings, vision_config, scale: float = 1.0) -> None:
+def _init_vision_positions(embeddings, vision_config) -> None:
     """Give the random InternViT informative absolute positions. transformers initialises
     ``position_embeddings`` to zeros (a pretrained checkpoint overwrites them); a ViT trained from zeros starts
     permutation-invariant, so its tokens say nothing about *where* they are until the positions are learned.
@@ -137,7 +137,7 @@ def _init_vision_positions(embeddings, vision_config, scale: float = 1.0) -> Non
     with torch.no_grad():
         table = embeddings.position_embeddings  # [1, 1 + grid*grid, hidden]; row 0 is the CLS token's
         table.zero_()
-        table[0, 1:] = scale * sincos_position_grid(grid, table.shape[-1])
+        table[0, 1:] = sincos_position_grid(grid, table.shape[-1])
 
 
 def make_tiny_internvl(save_dir: str | os.PathLike, seed: int = 0, vision_positions: str = "sincos",

@@ -301,7 +301,6 @@ def test_uint8_tiles_give_the_same_losses_as_normalised_tiles(model):
 def test_tiny_internvit_starts_with_sincos_positions(tmp_path):
     """transformers zero-initialises InternViT's position table; the tiny model writes sine-cosine codes so
     that a from-scratch ViT knows where its patches are ("zeros" keeps transformers' init)."""
-    import torch
     from transformers import InternVLForConditionalGeneration
 
     from sa2va.tiny_models import make_tiny_internvl, sincos_position_grid
