@@ -151,3 +151,15 @@ def test_eval_hook_logs_scores_and_writes_captions(tiny_model, tmp_path):
     assert len(records) == len(regions_of(view_item)) > 0
     assert all(isinstance(r["prediction"], str) and r["references"] for r in records)
     assert 0.0 <= hub.get_scalar("val/val/caption_exact_match").current() <= 1.0
+
+
+def test_caption_exact_match_ignores_refer_tokenised_punctuation():
+    from sa2va.engine.eval_hook import caption_exact_match
+
+    refs = ["a purple circle located at the center left of the picture",   # REFER ``sent``: tokenised, lower case
+            "the purple circle that is on the left , near the center"]
+    records = [dict(prediction="The purple circle that is on the left, near the center.", references=refs),
+               dict(prediction="A purple circle located at the center left of the picture.", references=refs),
+               dict(prediction="The purple square that is on the left, near the center.", references=refs),
+               dict(prediction="The purple circle that is on the left near the", references=refs)]
+    assert caption_exact_match(records) == 0.5

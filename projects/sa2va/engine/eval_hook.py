@@ -15,7 +15,9 @@ from ..registry import BUILDER
 
 
 def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9 ]+", "", text.lower()).strip()
+    """Lower case, punctuation dropped, words single-spaced: REFER's tokenised ``sent`` ("on the left , near the
+    top") and a generated sentence ("on the left, near the top.") compare equal."""
+    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
 
 
 def caption_exact_match(records: list[dict]) -> float:
