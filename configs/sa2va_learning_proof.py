@@ -32,7 +32,8 @@ with read_base():
 # - a 10x smaller SAM2-decoder learning rate: with the decoder at the full learning rate no run left the plateau;
 # - mask-loss weights x25. The mask losses reach the shared LLM much weaker than the LM loss (~1000x at gain 1,
 #   measured on the LLM weights), so they are scaled up; at x100 (with gain 4) they drown the captions instead:
-#   in 6 of 7 runs the captions ignored the region (constant colour), at x25 in none of 3 (sixth session);
+#   the captions named the region's colour at chance level (0.11-0.36) in 6 of 7 runs at x100, and 0.99-1.00 in
+#   all 3 runs at x25 (sixth session);
 # - batch 64: the small model's step is bound by the host (0.17 s at batch 16, ~0.3 s at 64 alone on an H100),
 #   so 4x the batch is ~2.5x the samples per second.
 # ------------------------------------------------------------------ sizes
