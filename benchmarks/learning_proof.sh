@@ -21,3 +21,10 @@ cp "$WORK"/losses.jsonl "$WORK"/*.png "$OUT"/ 2>/dev/null
 cp "$(ls "$WORK"/eval/*_captions_iter*.json 2>/dev/null | tail -1)" "$OUT"/captions.json 2>/dev/null
 grep -h "Iter(train)" "$OUT/train.log" | awk 'NR % 10 == 1' | cut -c1-330
 grep -h "evaluation at\|Error\|error" "$OUT/train.log" | cut -c1-400
+if [ -f "$OUT/captions.json" ]; then  # which caption words are right: colour / shape / h-pos / v-pos
+  python3 -c "
+import json, sys
+sys.path.insert(0, 'benchmarks')
+from learning_proof_sweep import attribute_accuracy
+print('caption attribute accuracy', attribute_accuracy(json.load(open('$OUT/captions.json'))))"
+fi
