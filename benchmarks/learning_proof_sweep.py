@@ -11,6 +11,7 @@ A run is ``NAME:key=value,...``. Keys:
   mask_weight=W      multiply both mask-loss weights (sigmoid-CE and Dice)
   decoder_lr_mult=M  learning-rate multiplier of the SAM2 mask decoder (mmengine paramwise_cfg custom_keys)
   lr_mult.KEY=M      learning-rate multiplier of the parameters whose name contains KEY (e.g. text_hidden_fcs)
+  images=N  synthetic images in the asset set (its own asset directory; the refcocog splits keep their fractions)
   vit_pos=zeros|sincos  the tiny InternViT's initial position embeddings (own asset directory)
   seed=N    training seed (data order, new-token rows, text_hidden_fcs); the tiny models and data keep seed 0
   batch=N   per-GPU batch size (the length-grouped sampler's too)
@@ -20,7 +21,8 @@ A run is ``NAME:key=value,...``. Keys:
   tf_every=N         every N iterations, held-out cIoU with the answer teacher-forced (no generation, ~1 s):
             the [SEG] path's learning curve, logged as "teacher-forced val" lines and OUT/<name>/tf_eval.jsonl
   anything else is a dotted config key (``optim_wrapper.optimizer.lr=1e-3``), as ``--cfg-options``.
-The runs train concurrently (one process each; the small model leaves the GPU mostly idle, so they share it), each
+The runs train concurrently (one process each; the small model leaves the GPU mostly idle, so they share it; with
+several visible GPUs the runs are dealt round-robin, one GPU each), each
 evaluates the held-out refcocog val split at its end (ReferEvalHook), and the summary adds per-attribute caption
 accuracy (colour / shape / horizontal / vertical position words), which says which part of a caption fails.
 Writes OUT/<name>/{train.log, losses.jsonl, *.png, captions.json} and OUT/summary.json.
@@ -103,6 +105,11 @@ def variant_config(options: dict):
         cfg.prepare.internvl.image_size = tile
         _replace_prefix(cfg._cfg_dict, root, f"{root}_{tile}")
         _set_key(cfg._cfg_dict, "tile_size", tile)
+    if "images" in options:
+        images = int(options.pop("images"))
+        root = cfg.prepare.root
+        cfg.prepare.num_images = images
+        _replace_prefix(cfg._cfg_dict, root, f"{root}_n{images}")
     if "vit_pos" in options:
         pos = options.pop("vit_pos")
         root = cfg.prepare.root
@@ -276,14 +283,16 @@ def main() -> None:
         made = list(pool.map(_prepare, roots.values()))
     print(f"assets {made} ready after {time.time() - t0:.0f} s", flush=True)
 
-    procs = {}
-    for spec, (name, _) in zip(args.runs, specs):
+    procs, gpus = {}, torch.cuda.device_count()
+    for k, (spec, (name, _)) in enumerate(zip(args.runs, specs)):
+        env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": str(k % gpus)} if gpus > 1 else {}))
         run_dir = os.path.join(args.out, name)
         shutil.rmtree(work_dir_of(run_dir, name), ignore_errors=True)
         os.makedirs(run_dir, exist_ok=True)
         log = open(os.path.join(run_dir, "train.log"), "w")
         procs[name] = (subprocess.Popen([sys.executable, __file__, "--child", spec, "--work-dir",
-                                         work_dir_of(run_dir, name)], stdout=log, stderr=subprocess.STDOUT),
+                                         work_dir_of(run_dir, name)], stdout=log, stderr=subprocess.STDOUT,
+                                        env=env),
                        run_dir, log)
     results = []
     for name, (proc, run_dir, log) in procs.items():

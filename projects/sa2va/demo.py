@@ -11,7 +11,8 @@ from mmengine.logging import MMLogger
 _MARKER = "demo_assets.json"
 # Bump when the tiny models or the synthetic data change, so that sets written by older code are rewritten.
 # 2: the tiny InternViT starts with sine-cosine positions instead of zeros.
-_ASSETS_VERSION = 2
+# 3: each synthetic image is drawn from its own seed (seed, index), in parallel.
+_ASSETS_VERSION = 3
 
 
 def make_demo_assets(root: str | os.PathLike, seed: int = 0, num_images: int = 48, internvl: dict | None = None,

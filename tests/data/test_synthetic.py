@@ -87,3 +87,18 @@ def test_deterministic_by_seed_and_cli(synthetic, tmp_path, capsys):
     other = json.loads(Path(paths["refcoco"], "instances.json").read_text())
     first = json.loads(Path(synthetic["refcoco"], "instances.json").read_text())
     assert len(other["images"]) == 6 and other["annotations"][0] != first["annotations"][0]
+
+
+def test_images_drawn_in_parallel_match_a_smaller_serial_set(synthetic, tmp_path):
+    """128 images are drawn by a process pool, 24 serially: image i depends on (seed, i) only."""
+    from sa2va.datasets import synthetic as synth
+
+    big = make_synthetic_data(tmp_path / "big", seed=0, num_images=128)
+    small_dir, big_dir = Path(synthetic["image_dir"]), Path(big["image_dir"])
+    names = sorted(p.name for p in small_dir.iterdir())
+    assert len(names) == 24 and len(list(big_dir.iterdir())) == 128
+    _, mismatch, errors = filecmp.cmpfiles(small_dir, big_dir, names, shallow=False)
+    assert not mismatch and not errors, mismatch
+    objects = synth._write_image((0, 3, synth._image_specs(24)[3], str(tmp_path / "one.jpg")))
+    assert (tmp_path / "one.jpg").read_bytes() == (small_dir / names[3]).read_bytes()
+    assert 2 <= len(objects) <= 4 and {o["shape"] for o in objects} <= set(synth.SHAPES)

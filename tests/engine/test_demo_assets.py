@@ -22,7 +22,7 @@ def test_concurrent_first_use_writes_one_consistent_set(tmp_path):
         assert p.exitcode == 0
     assert results[0] == results[1]
     marker = json.loads((tmp_path / "assets" / "demo_assets.json").read_text())
-    assert marker["paths"] == results[0] and marker["args"] == {"version": 2, "seed": 0, "num_images": 6}
+    assert marker["paths"] == results[0] and marker["args"] == {"version": 3, "seed": 0, "num_images": 6}
     assert (tmp_path / "assets" / "tiny_internvl" / "config.json").is_file()
 
 

@@ -13,11 +13,13 @@ Segmentations are polygons (a "star" is two overlapping triangles, i.e. two part
 annotation stored as RLE, alternately compressed (``counts`` str) and uncompressed (``counts`` list). The last image
 is in ``instances.json`` but has no refs. Every object is centred near a sample point of the nearest 4x4 and 16x16
 prompt grids, so region masks are never empty on the thumbnail grid of the tiny (112 px) or the real (448 px) tiles.
-Everything is a pure function of ``seed``.
+Everything is a pure function of ``seed``; image ``i`` (its pixels and objects) of ``(seed, i)`` alone, so images are
+drawn in parallel processes for large sets and a larger set starts with the images of a smaller one.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import pickle
 from pathlib import Path
@@ -111,7 +113,8 @@ def _sentences(colour: str, shape: str, h: str, v: str, long: bool) -> list[str]
 def _draw_scene(rng: np.random.Generator, spec: dict) -> tuple[Image.Image, list[dict]]:
     w, h = spec["width"], spec["height"]
     base = rng.integers(150, 245, size=3)
-    pixels = np.clip(base + rng.normal(0, 6, size=(h, w, 3)), 0, 255).astype(np.uint8)  # [H, W, 3] noisy background
+    noise = rng.standard_normal(size=(h, w, 3), dtype=np.float32) * 6
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)  # [H, W, 3] noisy background
     image = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(image)
     n_obj = int(rng.integers(2, 5))
@@ -131,6 +134,25 @@ def _draw_scene(rng: np.random.Generator, spec: dict) -> tuple[Image.Image, list
         objects.append(dict(colour=str(colours[k]), shape=shape, hpos=HPOS[hi], vpos=VPOS[vi], polygons=polys))
     image = image.convert(spec["mode"])
     return image, objects
+
+
+def _write_image(task: tuple[int, int, dict, str]) -> list[dict]:
+    """Draw image ``index`` of ``seed`` and save it to ``path``; returns its objects."""
+    seed, index, spec, path = task
+    image, objects = _draw_scene(np.random.default_rng([seed, index]), spec)
+    image.save(path, **({"quality": 92} if spec["ext"] == "jpg" else {}))
+    return objects
+
+
+def _write_images(seed: int, specs: list[dict], paths: list[Path]) -> list[list[dict]]:
+    """Objects of every image, in order; images are written by a process pool when there are many."""
+    tasks = [(seed, i, spec, str(path)) for i, (spec, path) in enumerate(zip(specs, paths))]
+    workers = min(os.cpu_count() or 1, 16, len(tasks) // 64)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_write_image(t) for t in tasks]
+    # fork: the workers only need numpy / PIL, and a spawned worker would re-import the caller's modules
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(_write_image, tasks, chunksize=16)
 
 
 def _annotation(ann_id: int, image_id: int, obj: dict, h: int, w: int, crowd_style: str | None) -> dict:
@@ -240,12 +262,12 @@ def make_synthetic_data(out_dir: str | os.PathLike, seed: int = 0, num_images: i
     img_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
+    specs = _image_specs(num_images)
+    file_names = [f"COCO_train2014_{i + 1:012d}.{spec['ext']}" for i, spec in enumerate(specs)]
+    objects_of = _write_images(seed, specs, [img_dir / name for name in file_names])
     images, anns, scene_objs, ann_id = [], [], {}, 1
-    for i, spec in enumerate(_image_specs(num_images)):
+    for i, (spec, file_name, objects) in enumerate(zip(specs, file_names, objects_of)):
         image_id = i + 1
-        image, objects = _draw_scene(rng, spec)
-        file_name = f"COCO_train2014_{image_id:012d}.{spec['ext']}"
-        image.save(img_dir / file_name, **({"quality": 92} if spec["ext"] == "jpg" else {}))
         images.append(dict(id=image_id, file_name=file_name, height=spec["height"], width=spec["width"]))
         for obj in objects:
             crowd = None if ann_id % 5 else ("compressed" if ann_id % 10 else "uncompressed")
