@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -296,7 +297,10 @@ def make_synthetic_data(out_dir: str | os.PathLike, seed: int = 0, num_images: i
     for im in images[: max(4, num_images // 3)]:
         src = Image.open(img_dir / im["file_name"])
         name = f"img_{im['id']:04d}.jpg"
-        src.convert("RGB").save(custom / "images" / name, quality=92)
+        if src.format == "JPEG" and src.mode == "RGB":
+            shutil.copyfile(img_dir / im["file_name"], custom / "images" / name)  # re-encoding is the slow part
+        else:
+            src.convert("RGB").save(custom / "images" / name, quality=92)
         objs = [(a, scene_objs[a["id"]]) for a in anns_of.get(im["id"], [])]
         records.append(dict(image=name, mask=[o["polygons"] for _, o in objs],
                             text=[_sentences(o["colour"], o["shape"], o["hpos"], o["vpos"], False)[0]
