@@ -18,7 +18,7 @@ t0=$(date +%s)
 python3 tools/train.py configs/sa2va_learning_proof.py --work-dir "$WORK" "$@" > "$OUT/train.log" 2>&1
 echo "train.py rc=$? after $(( $(date +%s) - t0 )) s (training + evaluation)"
 cp "$WORK"/losses.jsonl "$WORK"/*.png "$OUT"/ 2>/dev/null
-cp "$(ls "$WORK"/eval/*_captions_iter*.json 2>/dev/null | tail -1)" "$OUT"/captions.json 2>/dev/null
+cp "$(ls -v "$WORK"/eval/*_captions_iter*.json 2>/dev/null | tail -1)" "$OUT"/captions.json 2>/dev/null
 grep -h "Iter(train)" "$OUT/train.log" | awk 'NR % 10 == 1' | cut -c1-330
 grep -h "evaluation at\|Error\|error" "$OUT/train.log" | cut -c1-400
 if [ -f "$OUT/captions.json" ]; then  # which caption words are right: colour / shape / h-pos / v-pos

@@ -252,10 +252,11 @@ def summarise(name: str, run_dir: str, log: str) -> dict:
     tf = os.path.join(run_dir, "tf_eval.jsonl")
     if os.path.exists(tf):
         out["teacher_forced_cIoU"] = [json.loads(line) for line in open(tf)]
-    captions = sorted(glob.glob(os.path.join(work_dir_of(run_dir, name), "eval", "*_captions_iter*.json")))
+    captions = glob.glob(os.path.join(work_dir_of(run_dir, name), "eval", "*_captions_iter*.json"))
     if captions:
-        records = json.load(open(captions[-1]))
-        shutil.copy(captions[-1], os.path.join(run_dir, "captions.json"))
+        latest = max(captions, key=lambda p: int(re.search(r"_iter(\d+)", p).group(1)))  # iter1000 after iter893
+        records = json.load(open(latest))
+        shutil.copy(latest, os.path.join(run_dir, "captions.json"))
         out["caption_attribute_accuracy"] = attribute_accuracy(records)
     return out
 

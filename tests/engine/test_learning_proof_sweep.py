@@ -46,10 +46,28 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert c.optim_wrapper.paramwise_cfg.custom_keys == dict(sam_mask_decoder=dict(lr_mult=0.1),
                                                              text_hidden_fcs=dict(lr_mult=10.0))
     assert sweep.variant_config(sweep.parse_spec("g:batch=8")[1]).train_dataloader.sampler.per_device_batch_size == 8
+    c = sweep.variant_config(sweep.parse_spec("n:images=10000,tile=448")[1])
+    assert c.prepare.num_images == 10000 and c.prepare.root == base.prepare.root + "_448_n10000"
+    assert c.train_dataloader.dataset.datasets[0].data_root.startswith(c.prepare.root)
     with pytest.raises(SystemExit, match="grouped or random"):
         sweep.variant_config(dict(sampler="rand"))
     with pytest.raises(SystemExit, match="key=value"):
         sweep.parse_spec("x:ncls")
+
+
+def test_summarise_takes_the_latest_evaluation_by_iteration_number(tmp_path):
+    """iter1000 sorts before iter893 as text; the summary must score the iteration-1000 captions."""
+    refs = ["The red circle that is on the left, near the top."]
+    evals = tmp_path / "work_r" / "eval"
+    evals.mkdir(parents=True)
+    for it, pred in ((893, "The blue square that is on the right, near the bottom."), (1000, refs[0])):
+        (evals / f"refcocog_val_captions_iter{it}.json").write_text(json.dumps([dict(prediction=pred,
+                                                                                     references=refs)]))
+    (tmp_path / "train.log").write_text("evaluation at iter 1000: refcocog_val/cIoU 0.5000\n")
+    out = sweep.summarise("r", str(tmp_path), str(tmp_path / "train.log"))
+    assert out["iter"] == 1000 and out["refcocog_val/cIoU"] == 0.5
+    assert out["caption_attribute_accuracy"] == dict(colour=1.0, shape=1.0, hpos=1.0, vpos=1.0)
+    assert json.loads((tmp_path / "captions.json").read_text())[0]["prediction"] == refs[0]
 
 
 def test_attribute_accuracy_reads_the_first_word_of_each_kind():
