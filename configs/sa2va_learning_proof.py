@@ -85,6 +85,8 @@ refcocog_caption = dict(type=ReferRegionCaptionDataset, data_root=data_root + 'r
                         split_file='refs(umd).p', data_prefix=dict(img_path='../../coco2014/train2014/'),
                         num_classes_per_sample=1, split='train', name='refcocog_region_caption', **common)
 train_dataloader.update(  # noqa: F405
+    # persistent workers draw each epoch anew since the sampler sends the epoch with each index (seventh session;
+    # before, every epoch repeated epoch 0's draws: one fixed object and sentence per training image)
     batch_size=batch_size, num_workers=dataloader_num_workers, persistent_workers=True, pin_memory=True,
     dataset=dict(type=ConcatDataset, datasets=[refcocog_seg, refcocog_caption]),  # noqa: F405
     sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size))  # noqa: F405

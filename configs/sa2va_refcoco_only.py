@@ -80,7 +80,7 @@ train_datasets = [refcoco, refcoco_plus, refcocog]
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
-    persistent_workers=False,      # workers re-fork each epoch so per-item randomness follows the epoch
+    persistent_workers=False,      # True works too: the sampler sends each index with its epoch
     dataset=dict(type=ConcatDataset, datasets=train_datasets),
     sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
     collate_fn=dict(type=sa2va_collate_fn),

@@ -125,3 +125,40 @@ def test_set_start_skips_exactly_once():
     assert len(s) == len(full) - 12
     assert list(s) == full[12:]
     assert list(s) == full  # back to the whole epoch afterwards
+
+
+def test_indices_carry_the_epoch_to_datasets_that_accept_it():
+    class _Accepting(_Lengths):
+        accepts_epoch_index = True
+
+    plain = LengthGroupedSampler(_dataset(n=20), per_device_batch_size=4, seed=0)
+    plain.set_epoch(2)
+    assert all(type(i) is int for i in plain)
+    accepting = LengthGroupedSampler(_Accepting(_dataset(n=20).lengths), per_device_batch_size=4, seed=0)
+    accepting.set_epoch(2)
+    got = list(accepting)
+    assert got == [samplers_mod.EpochIndex(2, i) for i in plain.rank_order()]
+
+
+def test_persistent_workers_draw_each_epochs_own_items(make_refer):
+    """Item randomness depends on the epoch. A persistent worker keeps the dataset copy it started with, so
+    only the epoch inside the index tells it which epoch it draws for."""
+    from torch.utils.data import DataLoader
+
+    from sa2va.datasets import ConcatDataset
+
+    ds = ConcatDataset([make_refer(num_classes_per_sample=1, seed=0), make_refer(num_classes_per_sample=1, seed=1)])
+    sampler = LengthGroupedSampler(ds, per_device_batch_size=4, seed=0)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=1, persistent_workers=True,
+                        collate_fn=lambda b: b)
+    per_epoch = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)  # what mmengine's loop does; the worker's dataset copy does not see it
+        order = sampler.rank_order()
+        items = [it for batch in loader for it in batch]
+        texts = {i: it["input_ids"].tolist() for i, it in zip(order, items)}
+        fresh = [ds[samplers_mod.EpochIndex(epoch, i)]["input_ids"].tolist() for i in sorted(texts)]
+        assert [texts[i] for i in sorted(texts)] == fresh  # = drawn in this process for that epoch
+        per_epoch.append(texts)
+    changed = sum(per_epoch[0][i] != per_epoch[2][i] for i in per_epoch[0])
+    assert changed >= len(per_epoch[0]) // 4, changed  # other refs / sentences in another epoch

@@ -18,9 +18,10 @@ size), text characters / 4, template tokens per turn. Positive: every item here 
 
 Randomness (which refs, which sentence, which question): item ``i`` is a pure function of ``(seed, epoch, i)``:
 a fresh generator per item, seeded with ``seed`` (default: ``torch.initial_seed()`` when the dataset is built,
-i.e. the run's seed) and the epoch set by :meth:`set_epoch` (our samplers forward their epoch). So every epoch
-samples anew, any DataLoader worker produces the same item, and a resumed run sees exactly the data of an
-uninterrupted one. (With ``persistent_workers=True`` the workers keep the epoch they started with.)
+i.e. the run's seed) and the epoch: the one an :class:`~sa2va.datasets.samplers.EpochIndex` carries (what
+LengthGroupedSampler yields), else the one set by :meth:`set_epoch`. So every epoch samples anew, any DataLoader
+worker produces the same item, also one that outlives the epoch (``persistent_workers=True``), and a resumed run
+sees exactly the data of an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from ..tokenizer import (IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, SEG_
 from .errors import BadRecordError
 from .image_processing import DirectResize, TileProcessor
 from .samples import SampleBuilder
+from .samplers import EpochIndex
 from .templates import get_template
 
 __all__ = ["ImageDatasetBase", "load_image", "find_image"]
@@ -180,8 +182,8 @@ class ImageDatasetBase(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def rng_for(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
+    def rng_for(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(index)])
 
     # ------------------------------------------------------------------------------------------ Dataset
     @property
@@ -191,7 +193,12 @@ class ImageDatasetBase(Dataset):
     def __len__(self) -> int:
         return self.num_records * self.repeats
 
-    def __getitem__(self, index: int) -> dict:
+    accepts_epoch_index = True  # __getitem__ takes an EpochIndex too (samplers.py, step 6)
+
+    def __getitem__(self, index: int | EpochIndex) -> dict:
+        epoch = None
+        if isinstance(index, EpochIndex):
+            epoch, index = index
         if not -len(self) <= index < len(self):
             raise IndexError(f"{self.name}: index {index} out of range for {len(self)} items")
         index %= len(self)
@@ -201,7 +208,7 @@ class ImageDatasetBase(Dataset):
             if i in self._bad_records:
                 continue
             try:
-                item = self.prepare(i, self.rng_for(index))
+                item = self.prepare(i, self.rng_for(index, epoch))
             except BadRecordError as e:
                 if not self.skip_bad_records:
                     raise

@@ -7,12 +7,14 @@ there is one place that does.
 """
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 
 from torch.utils.data import ConcatDataset as _TorchConcatDataset
 from torch.utils.data import Dataset
 
 from ..registry import BUILDER
+from .samplers import EpochIndex
 
 
 def dataset_name(dataset) -> str:
@@ -55,6 +57,20 @@ class ConcatDataset(_TorchConcatDataset):
                 raise ValueError(f"ConcatDataset: dataset {k} ({dataset_name(d)}) is empty")
         super().__init__(built)
         self._lengths: list[int] | None = None
+
+    @property
+    def accepts_epoch_index(self) -> bool:
+        return all(getattr(d, "accepts_epoch_index", False) for d in self.datasets)
+
+    def __getitem__(self, idx: int | EpochIndex):
+        if not isinstance(idx, EpochIndex):
+            return super().__getitem__(idx)
+        epoch, idx = idx
+        if not -len(self) <= idx < len(self):
+            raise IndexError(f"ConcatDataset: index {idx} out of range for {len(self)} items")
+        idx %= len(self)
+        k = bisect.bisect_right(self.cumulative_sizes, idx)
+        return self.datasets[k][EpochIndex(epoch, idx - (self.cumulative_sizes[k - 1] if k else 0))]
 
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to every dataset (their per-item randomness depends on it)."""

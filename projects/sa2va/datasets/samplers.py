@@ -20,6 +20,11 @@ One epoch's order, for ``seed`` and ``epoch`` (the same on every rank):
    (``A`` = this run's accumulation; same ``per_device_batch_size * world_size``): runs on different GPU counts at
    the same global batch compute the same micro-batches (``benchmarks/gpu_multi.sh`` parity).
 
+6. yield the indices, each as an :class:`EpochIndex` ``(epoch, index)`` when the dataset declares
+   ``accepts_epoch_index`` (our datasets and ConcatDataset do), else as plain ints. An item's randomness depends on
+   its epoch (``sa2va.datasets.base``), and DataLoader workers with ``persistent_workers=True`` keep the dataset
+   copy they started with: the epoch has to travel with the index to reach them.
+
 With either split, the epoch order depends on the world size only through ``group``: two runs with the same
 ``group`` and ``per_device_batch_size = batch_size * accumulative_counts`` (e.g. 1 GPU, micro-batch 2 x 2
 accumulation steps, ``per_device_batch_size=4``; 2 GPUs, 2 x 1, ``per_device_batch_size=2``) see the same set of items
@@ -32,11 +37,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from mmengine.dist import get_dist_info, sync_random_seed
 from torch.utils.data import Sampler
+
+
+class EpochIndex(NamedTuple):
+    """A dataset index with the epoch it is drawn for (see step 6 above)."""
+
+    epoch: int
+    index: int
 
 
 def _dataset_lengths(dataset, length_property: str) -> np.ndarray:
@@ -166,9 +179,12 @@ class LengthGroupedSampler(Sampler):
         mine = [i for g in range(0, full, self.group_size) for i in order[g + rank * b:g + (rank + 1) * b]]
         return mine + order[full:][rank::self.world_size]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | EpochIndex]:
         start, self.start = self.start, 0
-        return iter(self.rank_order()[start:])
+        order = self.rank_order()[start:]
+        if getattr(self.dataset, "accepts_epoch_index", False):
+            return iter([EpochIndex(self.epoch, i) for i in order])
+        return iter(order)
 
     def __len__(self) -> int:
         return self.num_samples - self.start
