@@ -13,6 +13,8 @@ A run is ``NAME:key=value,...``. Keys:
   lr_mult.KEY=M      learning-rate multiplier of the parameters whose name contains KEY (e.g. text_hidden_fcs)
   images=N  synthetic images in the asset set (its own asset directory; the refcocog splits keep their fractions)
   vit_pos=zeros|sincos  the tiny InternViT's initial position embeddings (own asset directory)
+  internvl.KEY=V     a size of the tiny InternVL (``make_tiny_models``' internvl dict, e.g. internvl.text_hidden=768,
+            internvl.text_init_range=0.035); its own asset directory
   seed=N    training seed (data order, new-token rows, text_hidden_fcs); the tiny models and data keep seed 0
   batch=N   per-GPU batch size (the length-grouped sampler's too)
   sampler=random     plain shuffling (mmengine DefaultSampler) instead of length-grouped batches, so batches mix
@@ -25,7 +27,9 @@ The runs train concurrently (one process each; the small model leaves the GPU mo
 several visible GPUs the runs are dealt round-robin, one GPU each), each
 evaluates the held-out refcocog val split at its end (ReferEvalHook), and the summary adds per-attribute caption
 accuracy (colour / shape / horizontal / vertical position words), which says which part of a caption fails.
-Writes OUT/<name>/{train.log, losses.jsonl, *.png, captions.json} and OUT/summary.json.
+Writes OUT/<name>/{train.log, losses.jsonl, *.png, captions.json} and OUT/summary.json. Stopped by SIGTERM (e.g.
+``timeout``), it stops the runs and still writes the summary of what they logged (teacher-forced curves, the last
+iteration), marked ``"stopped": true``. Each run gets a share of the host's cores as OMP_NUM_THREADS unless set.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -115,6 +120,12 @@ def variant_config(options: dict):
         root = cfg.prepare.root
         cfg.prepare.internvl.vision_positions = pos
         _replace_prefix(cfg._cfg_dict, root, f"{root}_pos{pos}")
+    sizes = {k[len("internvl."):]: options.pop(k) for k in [k for k in options if k.startswith("internvl.")]}
+    if sizes:
+        root = cfg.prepare.root
+        for key, value in sizes.items():
+            cfg.prepare.internvl[key] = float(value) if "." in value else int(value)
+        _replace_prefix(cfg._cfg_dict, root, root + "_" + "_".join(f"{k}{v}" for k, v in sorted(sizes.items())))
     if "seed" in options:
         cfg.randomness.seed = int(options.pop("seed"))
     if "ncls" in options:
@@ -246,6 +257,9 @@ def summarise(name: str, run_dir: str, log: str) -> dict:
     if evals:
         out["iter"] = int(evals[-1][0])
         out.update({k: float(v) for k, v in re.findall(r"(\S+) ([0-9.]+)(?:,|$)", evals[-1][1])})
+    trained = re.findall(r"Iter\(train\) \[ *(\d+)/", text)
+    if trained:
+        out["last_logged_iter"] = int(trained[-1])
     times = [float(t) for t in re.findall(r"Iter\(train\).*?\btime: ([0-9.]+)", text)]
     if times:
         out["s_per_iter"] = round(sum(times[1:]) / max(len(times) - 1, 1), 4)
@@ -286,29 +300,71 @@ def main() -> None:
 
     procs, gpus = {}, torch.cuda.device_count()
     for k, (spec, (name, _)) in enumerate(zip(args.runs, specs)):
-        env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": str(k % gpus)} if gpus > 1 else {}))
         run_dir = os.path.join(args.out, name)
         shutil.rmtree(work_dir_of(run_dir, name), ignore_errors=True)
         os.makedirs(run_dir, exist_ok=True)
         log = open(os.path.join(run_dir, "train.log"), "w")
         procs[name] = (subprocess.Popen([sys.executable, __file__, "--child", spec, "--work-dir",
                                          work_dir_of(run_dir, name)], stdout=log, stderr=subprocess.STDOUT,
-                                        env=env),
+                                        env=child_env(k, len(specs), gpus)),
                        run_dir, log)
+    signal.signal(signal.SIGTERM, _raise_stopped)  # e.g. `timeout`: stop the runs, keep what they logged
+    stopped = False
+    try:
+        for proc, _, _ in procs.values():
+            proc.wait()
+    except (Stopped, KeyboardInterrupt):
+        stopped = True
+        stop_children([proc for proc, _, _ in procs.values()])
     results = []
     for name, (proc, run_dir, log) in procs.items():
-        rc = proc.wait()
         log.close()
         for f in ("losses.jsonl", "tf_eval.jsonl", "*.png"):
             for path in glob.glob(os.path.join(work_dir_of(run_dir, name), f)):
                 shutil.copy(path, run_dir)
         r = summarise(name, run_dir, os.path.join(run_dir, "train.log"))
-        r.update(rc=rc, wall_s=round(time.time() - t0))
+        r.update(rc=proc.returncode, wall_s=round(time.time() - t0))
         results.append(r)
         print(json.dumps(r), flush=True)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(dict(runs=args.runs, results=results), f, indent=1)
+        json.dump(dict(runs=args.runs, results=results, stopped=stopped), f, indent=1)
+    if stopped:
+        raise SystemExit(143)
 
+
+class Stopped(Exception):
+    """SIGTERM reached the sweep."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped()
+
+
+def child_env(index: int, n_runs: int, gpus: int, environ=None) -> dict:
+    """Environment of run ``index``: its GPU (round-robin when several are visible) and, unless the caller set
+    OMP_NUM_THREADS, a share of the host's cores for torch's intra-op threads. Without it every run (a single
+    process, which mmengine leaves at torch's default) uses all cores: four runs on the 64-core 4-GPU host then
+    took 90-120 s for a generation evaluation that takes ~15 s alone."""
+    env = dict(os.environ if environ is None else environ)
+    if gpus > 1:
+        env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    if "OMP_NUM_THREADS" not in env:  # half the cores for the runs' threads, half for their loader workers
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (2 * n_runs)))
+    return env
+
+
+def stop_children(procs: list, grace_s: float = 15.0) -> None:
+    """Terminate the runs still alive; kill those that have not exited after ``grace_s``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.time() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 if __name__ == "__main__":
     main()

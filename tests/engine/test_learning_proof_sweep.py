@@ -115,3 +115,50 @@ def test_teacher_forced_eval_scores_ciou_of_the_predicted_masks(tmp_path, invert
     runner.iter = 10  # not a multiple of the interval: no evaluation
     hook.after_train_iter(runner, 0)
     assert len(open(tmp_path / "tf_eval.jsonl").readlines()) == 1
+
+
+def test_internvl_size_options_get_their_own_asset_directory():
+    base = sweep.variant_config({})
+    c = sweep.variant_config(sweep.parse_spec("w:internvl.text_hidden=768,internvl.text_init_range=0.035")[1])
+    assert c.prepare.internvl.text_hidden == 768 and c.prepare.internvl.text_init_range == pytest.approx(0.035)
+    assert c.prepare.internvl.text_layers == base.prepare.internvl.text_layers  # the others are kept
+    assert c.prepare.root == base.prepare.root + "_text_hidden768_text_init_range0.035"
+    assert c.model.mllm.model_path.startswith(c.prepare.root) and c.tokenizer.pretrained_model_name_or_path.startswith(
+        c.prepare.root)
+
+
+def test_child_env_deals_gpus_and_shares_the_cores(monkeypatch):
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 64)
+    env = sweep.child_env(5, 4, gpus=4, environ={"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "8"}
+    assert sweep.child_env(0, 1, gpus=1, environ={})["OMP_NUM_THREADS"] == "32"
+    assert "CUDA_VISIBLE_DEVICES" not in sweep.child_env(0, 1, gpus=1, environ={})
+    assert sweep.child_env(0, 4, gpus=4, environ={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the caller's
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 2)
+    assert sweep.child_env(0, 4, gpus=0, environ={})["OMP_NUM_THREADS"] == "1"
+
+
+def test_stop_children_terminates_and_kills_the_stubborn(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); open(r'%s', 'w').close(); time.sleep(60)" % (tmp_path / "ready")])
+    while not (tmp_path / "ready").exists():  # SIGTERM is ignored from here on
+        time.sleep(0.05)
+    t0 = time.time()
+    sweep.stop_children([polite, stubborn], grace_s=1.0)
+    assert polite.returncode == -15 and stubborn.returncode == -9
+    assert time.time() - t0 < 10
+
+
+def test_summarise_of_a_stopped_run_keeps_its_teacher_forced_curve(tmp_path):
+    (tmp_path / "train.log").write_text(
+        "11/27 09:18:22 - mmengine - INFO - Iter(train) [1100/1300]  lr: 1e-4  time: 0.3300  data_time: 0.07\n"
+        "11/27 09:18:40 - mmengine - INFO - Iter(train) [1150/1300]  lr: 1e-4  time: 0.3100  data_time: 0.07\n")
+    (tmp_path / "tf_eval.jsonl").write_text(json.dumps(dict(iter=975, cIoU=0.7, items=200)) + "\n")
+    out = sweep.summarise("r", str(tmp_path), str(tmp_path / "train.log"))
+    assert out["last_logged_iter"] == 1150 and "iter" not in out
+    assert out["teacher_forced_cIoU"] == [dict(iter=975, cIoU=0.7, items=200)] and out["s_per_iter"] == 0.31
