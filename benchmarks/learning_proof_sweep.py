@@ -17,7 +17,7 @@ A run is ``NAME:key=value,...``. Keys:
             internvl.text_init_range=0.035); its own asset directory
   seed=N    training seed (data order, new-token rows, text_hidden_fcs); the tiny models and data keep seed 0
   batch=N   per-GPU batch size (the length-grouped sampler's too)
-  sampler=random     plain shuffling (mmengine DefaultSampler) instead of length-grouped batches, so batches mix
+  sampler=random     plain shuffling (EpochDefaultSampler) instead of length-grouped batches, so batches mix
             segmentation and caption samples
   eval_items=N       images (and regions) of the end-of-training generation evaluation
   tf_every=N         every N iterations, held-out cIoU with the answer teacher-forced (no generation, ~1 s):
@@ -102,6 +102,8 @@ def variant_config(options: dict):
     """The learning-proof config with a run's options applied."""
     from mmengine.config import Config, ConfigDict, DictAction
 
+    from sa2va.datasets import EpochDefaultSampler
+
     cfg = Config.fromfile(CONFIG)
     options = dict(options)
     if "tile" in options:
@@ -152,7 +154,7 @@ def variant_config(options: dict):
     if sampler not in ("grouped", "random"):
         raise SystemExit(f"sampler={sampler!r}: use grouped or random")
     if sampler == "random":
-        cfg.train_dataloader.sampler = dict(type="DefaultSampler", shuffle=True)
+        cfg.train_dataloader.sampler = dict(type=EpochDefaultSampler, shuffle=True)
     if "eval_items" in options:
         cfg.custom_hooks[0].max_items = int(options.pop("eval_items"))
     if "tf_every" in options:

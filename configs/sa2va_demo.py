@@ -2,15 +2,14 @@
 #   python tools/train.py configs/sa2va_demo.py
 # The assets are written to ./work_dirs/sa2va_demo_assets on first use. Runs on CPU in a few minutes and ends with
 # the validation cIoU of the held-out synthetic RefCOCO split.
-from mmengine.dataset import DefaultSampler  # noqa: F401  (alternative sampler)
 from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 from peft import LoraConfig
 from torch.optim import AdamW
 
-from sa2va.datasets import (ConcatDataset, CustomJsonDataset, DirectResize, LengthGroupedSampler,
-                            OspreyDescriptionDataset, ReferRegionCaptionDataset, ReferSegmDataset,
+from sa2va.datasets import (ConcatDataset, CustomJsonDataset, DirectResize, EpochDefaultSampler,  # noqa: F401
+                            LengthGroupedSampler, OspreyDescriptionDataset, ReferRegionCaptionDataset, ReferSegmDataset,
                             sa2va_collate_fn)
 from sa2va.demo import make_demo_assets
 from sa2va.engine import AtomicCheckpointHook, ReferEvalHook, TrainLoop
@@ -81,6 +80,8 @@ train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
     dataset=dict(type=ConcatDataset, datasets=[refcoco, refcocog, region_caption, custom_seg]),
+    # plain shuffling instead: sampler=dict(type=EpochDefaultSampler, shuffle=True) (not mmengine's DefaultSampler,
+    # which does not hand the epoch to the datasets, so every epoch would repeat epoch 0's refs and sentences)
     sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
     collate_fn=dict(type=sa2va_collate_fn),
 )

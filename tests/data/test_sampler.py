@@ -140,7 +140,15 @@ def test_indices_carry_the_epoch_to_datasets_that_accept_it():
     assert got == [samplers_mod.EpochIndex(2, i) for i in plain.rank_order()]
 
 
-def test_persistent_workers_draw_each_epochs_own_items(make_refer):
+def _epoch_default_sampler(ds):
+    from sa2va.datasets import EpochDefaultSampler
+
+    return EpochDefaultSampler(ds, shuffle=True, seed=0)
+
+
+@pytest.mark.parametrize("make_sampler", [lambda ds: LengthGroupedSampler(ds, per_device_batch_size=4, seed=0),
+                                          _epoch_default_sampler], ids=["length_grouped", "epoch_default"])
+def test_persistent_workers_draw_each_epochs_own_items(make_refer, make_sampler):
     """Item randomness depends on the epoch. A persistent worker keeps the dataset copy it started with, so
     only the epoch inside the index tells it which epoch it draws for."""
     from torch.utils.data import DataLoader
@@ -148,13 +156,14 @@ def test_persistent_workers_draw_each_epochs_own_items(make_refer):
     from sa2va.datasets import ConcatDataset
 
     ds = ConcatDataset([make_refer(num_classes_per_sample=1, seed=0), make_refer(num_classes_per_sample=1, seed=1)])
-    sampler = LengthGroupedSampler(ds, per_device_batch_size=4, seed=0)
+    sampler = make_sampler(ds)
     loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=1, persistent_workers=True,
                         collate_fn=lambda b: b)
     per_epoch = []
     for epoch in range(3):
         sampler.set_epoch(epoch)  # what mmengine's loop does; the worker's dataset copy does not see it
-        order = sampler.rank_order()
+        order = [i.index for i in sampler]
+        assert all(i.epoch == epoch for i in sampler)
         items = [it for batch in loader for it in batch]
         texts = {i: it["input_ids"].tolist() for i, it in zip(order, items)}
         fresh = [ds[samplers_mod.EpochIndex(epoch, i)]["input_ids"].tolist() for i in sorted(texts)]
@@ -162,3 +171,40 @@ def test_persistent_workers_draw_each_epochs_own_items(make_refer):
         per_epoch.append(texts)
     changed = sum(per_epoch[0][i] != per_epoch[2][i] for i in per_epoch[0])
     assert changed >= len(per_epoch[0]) // 4, changed  # other refs / sentences in another epoch
+
+
+def test_epoch_default_sampler_keeps_mmengines_order():
+    from mmengine.dataset import DefaultSampler
+
+    from sa2va.datasets import EpochDefaultSampler
+
+    class _Accepting(_Lengths):
+        accepts_epoch_index = True
+
+    ds = _Accepting(range(30))
+    ours, theirs = EpochDefaultSampler(ds, shuffle=True, seed=5), DefaultSampler(ds, shuffle=True, seed=5)
+    for s in (ours, theirs):
+        s.set_epoch(3)
+    assert [i.index for i in ours] == list(theirs) and {i.epoch for i in ours} == {3}
+    plain = EpochDefaultSampler(_Lengths(range(30)), shuffle=True, seed=5)
+    plain.set_epoch(3)
+    assert list(plain) == list(theirs)  # plain ints for datasets that do not take an EpochIndex
+
+
+def test_train_loop_warns_when_the_sampler_loses_the_epoch():
+    from mmengine.dataset import DefaultSampler
+    from torch.utils.data import DataLoader
+
+    from sa2va.datasets import EpochDefaultSampler
+    from sa2va.engine.loops import epoch_warning
+
+    class _Accepting(_Lengths):
+        accepts_epoch_index = True
+
+    ds = _Accepting(range(8))
+    warning = epoch_warning(DataLoader(ds, sampler=DefaultSampler(ds, seed=0)))
+    assert "DefaultSampler does not hand the epoch" in warning and "EpochDefaultSampler" in warning
+    assert epoch_warning(DataLoader(ds, sampler=EpochDefaultSampler(ds, seed=0))) is None
+    assert epoch_warning(DataLoader(ds, sampler=LengthGroupedSampler(ds, per_device_batch_size=2, seed=0))) is None
+    plain = _Lengths(range(8))  # a dataset without per-epoch draws: nothing to lose
+    assert epoch_warning(DataLoader(plain, sampler=DefaultSampler(plain, seed=0))) is None

@@ -9,6 +9,8 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
+from sa2va.datasets import EpochDefaultSampler
+
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("learning_proof_sweep", REPO / "benchmarks" / "learning_proof_sweep.py")
 sweep = importlib.util.module_from_spec(_spec)
@@ -34,7 +36,7 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert "type=" in c.pretty_text  # still dumpable (lazy objects were not built into the tree)
     _, opts = sweep.parse_spec("b:batch=48,sampler=random,eval_items=30,tf_every=250")
     c = sweep.variant_config(opts)
-    assert c.train_dataloader.batch_size == 48 and c.train_dataloader.sampler == dict(type="DefaultSampler",
+    assert c.train_dataloader.batch_size == 48 and c.train_dataloader.sampler == dict(type=EpochDefaultSampler,
                                                                                        shuffle=True)
     assert c.custom_hooks[0].max_items == 30
     assert c.custom_hooks[-1].type == "TeacherForcedSegEval" and c.custom_hooks[-1].interval == 250

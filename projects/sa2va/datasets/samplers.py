@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from mmengine.dataset import DefaultSampler
 from mmengine.dist import get_dist_info, sync_random_seed
 from torch.utils.data import Sampler
 
@@ -96,6 +97,32 @@ def length_grouped_order(lengths: np.ndarray, group_size: int, mega_batch_mult: 
     return order
 
 
+def with_epoch(dataset, epoch: int, order: list[int]) -> Iterator[int | EpochIndex]:
+    """The indices of ``order`` as :class:`EpochIndex` ``(epoch, i)`` when ``dataset`` accepts them, else as ints."""
+    if getattr(dataset, "accepts_epoch_index", False):
+        return iter([EpochIndex(epoch, i) for i in order])
+    return iter(order)
+
+
+class EpochDefaultSampler(DefaultSampler):
+    """mmengine's ``DefaultSampler`` (shuffled, split over ranks, same arguments) that also hands the epoch to
+    the dataset, as :class:`LengthGroupedSampler` does: with the plain ``DefaultSampler`` our datasets never learn
+    the epoch, so every epoch repeats epoch 0's draws (which refs, which sentence, which question).
+
+    Config: ``sampler=dict(type=EpochDefaultSampler, shuffle=True)``.
+    """
+
+    hands_epoch_to_dataset = True
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int | EpochIndex]:
+        return with_epoch(self.dataset, self.epoch, list(super().__iter__()))
+
+
 class LengthGroupedSampler(Sampler):
     """Length- and modality-grouped, deterministic per (seed, epoch), equal count on every rank.
 
@@ -149,6 +176,8 @@ class LengthGroupedSampler(Sampler):
                 raise ValueError(f"LengthGroupedSampler: {n} items for {self.world_size} ranks with round_up=False")
         self.num_samples = self.total_size // self.world_size
 
+    hands_epoch_to_dataset = True  # see with_epoch
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if hasattr(self.dataset, "set_epoch"):  # per-item data randomness depends on the epoch
@@ -181,10 +210,7 @@ class LengthGroupedSampler(Sampler):
 
     def __iter__(self) -> Iterator[int | EpochIndex]:
         start, self.start = self.start, 0
-        order = self.rank_order()[start:]
-        if getattr(self.dataset, "accepts_epoch_index", False):
-            return iter([EpochIndex(self.epoch, i) for i in order])
-        return iter(order)
+        return with_epoch(self.dataset, self.epoch, self.rank_order()[start:])
 
     def __len__(self) -> int:
         return self.num_samples - self.start

@@ -13,6 +13,19 @@ from ..registry import BUILDER
 from .resume_state import set_rng_state
 
 
+def epoch_warning(dataloader) -> str | None:
+    """Why the data would repeat itself every epoch, or None: our datasets draw refs / sentences / questions per
+    epoch, and only a sampler that hands them the epoch (ours) makes each epoch draw anew."""
+    dataset = getattr(dataloader, "dataset", None)
+    sampler = getattr(getattr(dataloader, "batch_sampler", None), "sampler", None) or getattr(dataloader, "sampler",
+                                                                                             None)
+    if not getattr(dataset, "accepts_epoch_index", False) or getattr(sampler, "hands_epoch_to_dataset", False):
+        return None
+    return (f"the sampler {type(sampler).__name__} does not hand the epoch to the dataset {type(dataset).__name__}: "
+            f"every epoch will repeat epoch 0's random draws (which refs, sentences and questions). Use "
+            f"sa2va.datasets.LengthGroupedSampler or EpochDefaultSampler (shuffled, as mmengine's DefaultSampler).")
+
+
 @BUILDER.register_module()
 class TrainLoop(IterBasedTrainLoop):
     """``max_epochs`` (converted to iterations with the dataloader length) or ``max_iters``."""
@@ -27,6 +40,9 @@ class TrainLoop(IterBasedTrainLoop):
             dataloader = loader
         super().__init__(runner, dataloader, max_iters=max_iters, val_begin=val_begin, val_interval=val_interval,
                          dynamic_intervals=dynamic_intervals)
+        warning = epoch_warning(self.dataloader)
+        if warning:
+            runner.logger.warning(warning)
 
     def _position_data(self) -> None:
         """Continue the data stream at iteration ``self._iter`` without loading the skipped batches."""
