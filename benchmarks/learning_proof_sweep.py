@@ -98,6 +98,14 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, options
 
 
+def _number(text: str) -> int | float:
+    """'768' -> 768, '0.035' / '1e-3' -> float."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def variant_config(options: dict):
     """The learning-proof config with a run's options applied."""
     from mmengine.config import Config, ConfigDict, DictAction
@@ -126,7 +134,7 @@ def variant_config(options: dict):
     if sizes:
         root = cfg.prepare.root
         for key, value in sizes.items():
-            cfg.prepare.internvl[key] = float(value) if "." in value else int(value)
+            cfg.prepare.internvl[key] = _number(value)
         _replace_prefix(cfg._cfg_dict, root, root + "_" + "_".join(f"{k}{v}" for k, v in sorted(sizes.items())))
     if "seed" in options:
         cfg.randomness.seed = int(options.pop("seed"))
@@ -277,6 +285,41 @@ def summarise(name: str, run_dir: str, log: str) -> dict:
     return out
 
 
+class Stopped(Exception):
+    """SIGTERM reached the sweep."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped()
+
+
+def child_env(index: int, n_runs: int, gpus: int, environ=None) -> dict:
+    """Environment of run ``index``: its GPU (round-robin when several are visible) and, unless the caller set
+    OMP_NUM_THREADS, a share of the host's cores for torch's intra-op threads. Without it every run (a single
+    process, which mmengine leaves at torch's default) uses all cores: four runs on the 64-core 4-GPU host then
+    took 90-120 s for a generation evaluation that takes ~15 s alone."""
+    env = dict(os.environ if environ is None else environ)
+    if gpus > 1:
+        env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    if "OMP_NUM_THREADS" not in env:  # half the cores for the runs' threads, half for their loader workers
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (2 * n_runs)))
+    return env
+
+
+def stop_children(procs: list, grace_s: float = 15.0) -> None:
+    """Terminate the runs still alive; kill those that have not exited after ``grace_s``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.time() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", help="NAME:key=value,...")
@@ -333,40 +376,6 @@ def main() -> None:
     if stopped:
         raise SystemExit(143)
 
-
-class Stopped(Exception):
-    """SIGTERM reached the sweep."""
-
-
-def _raise_stopped(signum, frame):
-    raise Stopped()
-
-
-def child_env(index: int, n_runs: int, gpus: int, environ=None) -> dict:
-    """Environment of run ``index``: its GPU (round-robin when several are visible) and, unless the caller set
-    OMP_NUM_THREADS, a share of the host's cores for torch's intra-op threads. Without it every run (a single
-    process, which mmengine leaves at torch's default) uses all cores: four runs on the 64-core 4-GPU host then
-    took 90-120 s for a generation evaluation that takes ~15 s alone."""
-    env = dict(os.environ if environ is None else environ)
-    if gpus > 1:
-        env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-    if "OMP_NUM_THREADS" not in env:  # half the cores for the runs' threads, half for their loader workers
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (2 * n_runs)))
-    return env
-
-
-def stop_children(procs: list, grace_s: float = 15.0) -> None:
-    """Terminate the runs still alive; kill those that have not exited after ``grace_s``."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.time() + grace_s
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 if __name__ == "__main__":
     main()

@@ -141,6 +141,7 @@ class LengthGroupedSampler(Sampler):
     """
 
     RANK_SPLITS = ("strided", "contiguous")
+    hands_epoch_to_dataset = True  # see with_epoch
 
     def __init__(self, dataset, per_device_batch_size: int, length_property: str = "length",
                  mega_batch_mult: int | None = None, seed: int | None = None, round_up: bool = True,
@@ -175,8 +176,6 @@ class LengthGroupedSampler(Sampler):
             if self.total_size == 0:
                 raise ValueError(f"LengthGroupedSampler: {n} items for {self.world_size} ranks with round_up=False")
         self.num_samples = self.total_size // self.world_size
-
-    hands_epoch_to_dataset = True  # see with_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -21,9 +21,10 @@ def epoch_warning(dataloader) -> str | None:
                                                                                              None)
     if not getattr(dataset, "accepts_epoch_index", False) or getattr(sampler, "hands_epoch_to_dataset", False):
         return None
-    return (f"the sampler {type(sampler).__name__} does not hand the epoch to the dataset {type(dataset).__name__}: "
-            f"every epoch will repeat epoch 0's random draws (which refs, sentences and questions). Use "
-            f"sa2va.datasets.LengthGroupedSampler or EpochDefaultSampler (shuffled, as mmengine's DefaultSampler).")
+    return (f"the sampler {type(sampler).__name__} does not hand the epoch to the dataset "
+            f"{type(dataset).__name__}: every epoch will repeat epoch 0's random draws (which refs, sentences and "
+            f"questions). Use sa2va.datasets.LengthGroupedSampler or EpochDefaultSampler (shuffled, as mmengine's "
+            f"DefaultSampler).")
 
 
 @BUILDER.register_module()
@@ -35,7 +36,9 @@ class TrainLoop(IterBasedTrainLoop):
         if (max_epochs is None) == (max_iters is None):
             raise ValueError("give exactly one of max_epochs or max_iters")
         if max_iters is None:
-            loader = runner.build_dataloader(dataloader, seed=runner.seed) if isinstance(dataloader, dict) else dataloader
+            loader = dataloader
+            if isinstance(dataloader, dict):
+                loader = runner.build_dataloader(dataloader, seed=runner.seed)
             max_iters = max(1, int(max_epochs * len(loader)))
             dataloader = loader
         super().__init__(runner, dataloader, max_iters=max_iters, val_begin=val_begin, val_interval=val_interval,
