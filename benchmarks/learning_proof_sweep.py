@@ -17,6 +17,8 @@ A run is ``NAME:key=value,...``. Keys:
             internvl.text_init_range=0.035); its own asset directory
   seed=N    training seed (data order, new-token rows, text_hidden_fcs); the tiny models and data keep seed 0
   batch=N   per-GPU batch size (the length-grouped sampler's too)
+  tasks=both|seg|caption  what to train on (and evaluate at the end): both halves of the proof (default), only
+            referring segmentation, or only region captions (a fast CPU check of the caption path)
   sampler=random     plain shuffling (EpochDefaultSampler) instead of length-grouped batches, so batches mix
             segmentation and caption samples
   eval_items=N       images (and regions) of the end-of-training generation evaluation
@@ -158,6 +160,13 @@ def variant_config(options: dict):
         batch = int(options.pop("batch"))
         cfg.train_dataloader.batch_size = batch
         cfg.train_dataloader.sampler.per_device_batch_size = batch
+    tasks = options.pop("tasks", "both")
+    if tasks not in ("both", "seg", "caption"):
+        raise SystemExit(f"tasks={tasks!r}: use both, seg or caption")
+    if tasks != "both":
+        seg, caption = cfg.train_dataloader.dataset.datasets
+        cfg.train_dataloader.dataset = seg if tasks == "seg" else caption
+        cfg.custom_hooks[0][("caption_datasets" if tasks == "seg" else "datasets")] = {}
     sampler = options.pop("sampler", "grouped")
     if sampler not in ("grouped", "random"):
         raise SystemExit(f"sampler={sampler!r}: use grouped or random")

@@ -51,6 +51,14 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     c = sweep.variant_config(sweep.parse_spec("n:images=10000,tile=448")[1])
     assert c.prepare.num_images == 10000 and c.prepare.root == base.prepare.root + "_448_n10000"
     assert c.train_dataloader.dataset.datasets[0].data_root.startswith(c.prepare.root)
+    c = sweep.variant_config(sweep.parse_spec("c:tasks=caption")[1])
+    assert c.train_dataloader.dataset.type.__name__ == "ReferRegionCaptionDataset"
+    assert c.custom_hooks[0].datasets == {} and c.custom_hooks[0].caption_datasets
+    c = sweep.variant_config(sweep.parse_spec("s:tasks=seg")[1])
+    assert c.train_dataloader.dataset.type.__name__ == "ReferSegmDataset"
+    assert c.custom_hooks[0].caption_datasets == {} and c.custom_hooks[0].datasets
+    with pytest.raises(SystemExit, match="both, seg or caption"):
+        sweep.variant_config(dict(tasks="captions"))
     with pytest.raises(SystemExit, match="grouped or random"):
         sweep.variant_config(dict(sampler="rand"))
     with pytest.raises(SystemExit, match="key=value"):

@@ -122,9 +122,12 @@ def test_bare_model_in_training_mode_on_real_refer_data(tiny_model, tmp_path):
     assert set(out) >= {"cIoU", "gIoU", "n_no_seg"}
 
 
-def test_eval_hook_logs_scores_and_writes_captions(tiny_model, tmp_path):
+@pytest.mark.parametrize("with_seg", [True, False], ids=["seg_and_captions", "captions_only"])
+def test_eval_hook_logs_scores_and_writes_captions(tiny_model, tmp_path, with_seg):
     """ReferEvalHook at the end of training: cIoU and caption exact match go to the message hub, and the region
-    captions (prediction + references) are written under work_dir/eval for inspection."""
+    captions (prediction + references) are written under work_dir/eval for inspection. The caption split is
+    evaluated through its own dataset (ReferRegionCaptionDataset.eval_view), also without a segmentation split of
+    the same name."""
     import json
     from types import SimpleNamespace
 
@@ -137,17 +140,22 @@ def test_eval_hook_logs_scores_and_writes_captions(tiny_model, tmp_path):
     paths = make_synthetic_data(tmp_path / "data", seed=0, num_images=6)
     common = dict(data_root=paths["refcoco"], data_prefix=dict(img_path="../../coco2014/train2014/"),
                   tokenizer=tiny_model.tokenizer, template="qwen_chat", tile_size=112, split="val")
-    hook = ReferEvalHook(datasets=dict(val=dict(type=ReferSegmDataset, **common,
-                                                extra_image_processor=dict(type=DirectResize, target_length=256))),
-                         caption_datasets=dict(val=dict(type=ReferRegionCaptionDataset, **common)),
+    seg = dict(val=dict(type=ReferSegmDataset, **common, extra_image_processor=dict(type=DirectResize,
+                                                                                   target_length=256)))
+    hook = ReferEvalHook(datasets=seg if with_seg else None,
+                         caption_datasets=dict(val=dict(type=ReferRegionCaptionDataset, split_file="refs(unc).p",
+                                                        **common)),
                          max_items=1, max_new_tokens=4)
-    hub = MessageHub.get_instance("test_eval_hook")
+    hub = MessageHub.get_instance(f"test_eval_hook_{with_seg}")
     runner = SimpleNamespace(model=tiny_model, message_hub=hub, logger=MMLogger.get_current_instance(), iter=7,
                              work_dir=str(tmp_path / "work"), max_iters=7)
     hook.after_train(runner)
-    assert 0.0 <= hub.get_scalar("val/val/cIoU").current() <= 1.0
+    assert with_seg == ("val/val/cIoU" in hub.log_scalars)
+    if with_seg:
+        assert 0.0 <= hub.get_scalar("val/val/cIoU").current() <= 1.0
     records = json.loads((tmp_path / "work" / "eval" / "val_captions_iter7.json").read_text())
-    view_item = hook._built["val"].eval_view()[0]
+    assert isinstance(hook._built["caption", "val"], ReferRegionCaptionDataset)
+    view_item = hook._built["caption", "val"].eval_view()[0]
     assert len(records) == len(regions_of(view_item)) > 0
     assert all(isinstance(r["prediction"], str) and r["references"] for r in records)
     assert 0.0 <= hub.get_scalar("val/val/caption_exact_match").current() <= 1.0

@@ -166,6 +166,12 @@ class _ReferBase(ImageDatasetBase):
     def _record_id(self, rec: dict) -> str:
         return f"image_id={rec['image_id']}"
 
+    def eval_view(self) -> "ReferEvalView":
+        """Per image, every sentence of every ref with its ref's mask (no randomness); see :class:`ReferEvalView`.
+        The same for segmentation and for region captions (each ref's mask is the region, its sentences the
+        references)."""
+        return ReferEvalView(self)
+
 
 @BUILDER.register_module()
 class ReferSegmDataset(_ReferBase):
@@ -210,13 +216,9 @@ class ReferSegmDataset(_ReferBase):
         mean_sentence = np.mean([np.mean([len(s) for s in r["sentences"]]) for r in rec["refs"]])
         return self.builder.estimate_referring_segmentation(rec["width"], rec["height"], n, mean_sentence)
 
-    def eval_view(self) -> "ReferEvalView":
-        """Per image, every sentence of every ref with its ref's mask (no randomness); see :class:`ReferEvalView`."""
-        return ReferEvalView(self)
-
-
 class ReferEvalView(Sequence):
-    """Evaluation view of a :class:`ReferSegmDataset` split: one entry per image, in image-id order.
+    """Evaluation view of a REFER split (:class:`ReferSegmDataset` or :class:`ReferRegionCaptionDataset`): one
+    entry per image, in image-id order.
 
     ``view[i]`` is ``dict(image=PIL RGB, image_path, image_id, record_id, texts=list[str], ann_ids=list[int],
     ref_ids=list[int], masks=uint8 [n_texts, H, W])``: every sentence of every ref of the image (REFER's
@@ -224,7 +226,7 @@ class ReferEvalView(Sequence):
     annotation's parts; the original summed them).
     """
 
-    def __init__(self, dataset: ReferSegmDataset):
+    def __init__(self, dataset: _ReferBase):
         self.dataset = dataset
 
     def __len__(self) -> int:

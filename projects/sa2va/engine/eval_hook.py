@@ -49,10 +49,11 @@ class ReferEvalHook(Hook):
         self.max_new_tokens = max_new_tokens
         self._built: dict = {}
 
-    def _dataset(self, name, cfg):
-        if name not in self._built:
-            self._built[name] = BUILDER.build(cfg) if isinstance(cfg, dict) else cfg
-        return self._built[name]
+    def _dataset(self, kind: str, name: str, cfg):
+        """The built dataset of ``(kind, name)``: a segmentation and a caption split may share a name."""
+        if (kind, name) not in self._built:
+            self._built[kind, name] = BUILDER.build(cfg) if isinstance(cfg, dict) else cfg
+        return self._built[kind, name]
 
     def evaluate(self, runner) -> dict:
         from ..evaluation.caption_eval import evaluate_region_captions
@@ -64,13 +65,13 @@ class ReferEvalHook(Hook):
         results = {}
         try:
             for name, cfg in self.dataset_cfgs.items():
-                r = evaluate_refer(model, self._dataset(name, cfg), max_items=self.max_items,
+                r = evaluate_refer(model, self._dataset("seg", name, cfg), max_items=self.max_items,
                                    max_new_tokens=self.max_new_tokens)
                 results.update({f"{name}/cIoU": r["cIoU"], f"{name}/gIoU": r["gIoU"],
                                 f"{name}/no_seg": r["n_no_seg"] / max(r["n_sentences"], 1)})
             for name, cfg in self.caption_cfgs.items():
-                r = evaluate_region_captions(model, self._dataset(name, cfg), max_items=self.max_items, metrics=(),
-                                             return_captions=True, max_new_tokens=self.max_new_tokens)
+                r = evaluate_region_captions(model, self._dataset("caption", name, cfg), max_items=self.max_items,
+                                             metrics=(), return_captions=True, max_new_tokens=self.max_new_tokens)
                 results[f"{name}/caption_exact_match"] = caption_exact_match(r["captions"])
                 self._write_captions(runner, name, r["captions"])
         finally:
