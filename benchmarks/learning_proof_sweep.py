@@ -100,14 +100,6 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, options
 
 
-def _number(text: str) -> int | float:
-    """'768' -> 768, '0.035' / '1e-3' -> float."""
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
-
-
 def variant_config(options: dict):
     """The learning-proof config with a run's options applied."""
     from mmengine.config import Config, ConfigDict, DictAction
@@ -136,7 +128,7 @@ def variant_config(options: dict):
     if sizes:
         root = cfg.prepare.root
         for key, value in sizes.items():
-            cfg.prepare.internvl[key] = _number(value)
+            cfg.prepare.internvl[key] = DictAction._parse_iterable(value)  # '768' -> 768, '1e-3' -> 0.001
         _replace_prefix(cfg._cfg_dict, root, root + "_" + "_".join(f"{k}{v}" for k, v in sorted(sizes.items())))
     if "seed" in options:
         cfg.randomness.seed = int(options.pop("seed"))

@@ -33,17 +33,13 @@ def shape_label(tokenizer, item: dict) -> int:
 
 
 def region_features(model, items: list[dict]) -> torch.Tensor:
-    """Mean of each item's first-region thumbnail tokens after the projector: [B, D]."""
+    """Mean of each item's region tokens, as the LLM gets them (``visual_embeddings`` puts them after the tiles'
+    tokens; one region per item): [B, D]."""
     from sa2va.datasets.collate import sa2va_collate_fn
 
     data = model.data_preprocessor(sa2va_collate_fn(items, model.tokenizer.pad_token_id or 0), False)["data"]
-    feats = model.mllm.image_features(data["pixel_values"])  # [sum T, tokens per tile, D]
-    out, offset = [], 0
-    for i, tiles in enumerate(data["num_tiles"]):
-        thumb = feats[offset + tiles - 1]
-        offset += tiles
-        out.append(thumb[data["prompt_masks"][i][0].flatten().bool()].mean(0))
-    return torch.stack(out)
+    visual = model.mllm.visual_embeddings(data["pixel_values"], data["num_tiles"], data["prompt_masks"])
+    return torch.stack([v[-int(regions.sum()):].mean(0) for v, regions in zip(visual, data["prompt_masks"])])
 
 
 def main() -> None:

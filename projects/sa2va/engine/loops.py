@@ -36,11 +36,9 @@ class TrainLoop(IterBasedTrainLoop):
         if (max_epochs is None) == (max_iters is None):
             raise ValueError("give exactly one of max_epochs or max_iters")
         if max_iters is None:
-            loader = dataloader
             if isinstance(dataloader, dict):
-                loader = runner.build_dataloader(dataloader, seed=runner.seed)
-            max_iters = max(1, int(max_epochs * len(loader)))
-            dataloader = loader
+                dataloader = runner.build_dataloader(dataloader, seed=runner.seed)
+            max_iters = max(1, int(max_epochs * len(dataloader)))
         super().__init__(runner, dataloader, max_iters=max_iters, val_begin=val_begin, val_interval=val_interval,
                          dynamic_intervals=dynamic_intervals)
         warning = epoch_warning(self.dataloader)
