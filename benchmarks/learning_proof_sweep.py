@@ -21,6 +21,8 @@ A run is ``NAME:key=value,...``. Keys:
             referring segmentation, or only region captions (a fast CPU check of the caption path)
   sampler=random     plain shuffling (EpochDefaultSampler) instead of length-grouped batches, so batches mix
             segmentation and caption samples
+  caption_first=N    a task curriculum (TaskCurriculumSampler around the sampler): the first N iterations train
+            on the region captions only, then on both tasks
   eval_items=N       images (and regions) of the end-of-training generation evaluation
   tf_every=N         every N iterations, held-out cIoU with the answer teacher-forced (no generation, ~1 s):
             the [SEG] path's learning curve, logged as "teacher-forced val" lines and OUT/<name>/tf_eval.jsonl
@@ -87,6 +89,14 @@ def _replace_prefix(node, old: str, new: str) -> None:
             _replace_prefix(v, old, new)
 
 
+def _lazy(cls):
+    """``cls`` as the config's own imports are held (a LazyObject), so the config stays dumpable: mmengine writes
+    a class object in a ``type=`` field as ``<class ...>``, which the dumped config cannot parse."""
+    from mmengine.config.lazy import LazyObject
+
+    return LazyObject("sa2va.datasets", cls.__name__)
+
+
 def parse_spec(spec: str) -> tuple[str, dict]:
     name, _, body = spec.partition(":")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -104,7 +114,7 @@ def variant_config(options: dict):
     """The learning-proof config with a run's options applied."""
     from mmengine.config import Config, ConfigDict, DictAction
 
-    from sa2va.datasets import EpochDefaultSampler
+    from sa2va.datasets import EpochDefaultSampler, TaskCurriculumSampler
 
     cfg = Config.fromfile(CONFIG)
     options = dict(options)
@@ -163,7 +173,14 @@ def variant_config(options: dict):
     if sampler not in ("grouped", "random"):
         raise SystemExit(f"sampler={sampler!r}: use grouped or random")
     if sampler == "random":
-        cfg.train_dataloader.sampler = dict(type=EpochDefaultSampler, shuffle=True)
+        cfg.train_dataloader.sampler = dict(type=_lazy(EpochDefaultSampler), shuffle=True)
+    if "caption_first" in options:
+        if tasks != "both":
+            raise SystemExit("caption_first=N needs tasks=both")
+        inner = cfg._cfg_dict.train_dataloader.sampler  # unbuilt, so it stays dumpable
+        cfg.train_dataloader.sampler = dict(type=_lazy(TaskCurriculumSampler), sampler=inner, first_datasets=[1],
+                                            first_iters=int(options.pop("caption_first")),
+                                            batch_size=cfg.train_dataloader.batch_size)
     if "eval_items" in options:
         cfg.custom_hooks[0].max_items = int(options.pop("eval_items"))
     if "tf_every" in options:
@@ -233,6 +250,12 @@ def _train_child(spec: str, work_dir: str) -> None:
     cfg = variant_config(parse_spec(spec)[1])
     cfg, flexible = prepare_config(cfg, work_dir=work_dir, config_path=CONFIG)
     build_runner(cfg, flexible).train()
+    # Everything is written once train() returns (evaluation, losses, curve). On the GPU hosts the interpreter's
+    # teardown after a time-limited run then took ~50 s (DataLoader workers being joined), which the sweep's
+    # callers pay in device time: leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 ATTRIBUTES = dict(colour=("red", "green", "blue", "yellow", "purple", "orange"),
@@ -360,6 +383,8 @@ def main() -> None:
         for proc, _, _ in procs.values():
             proc.wait()
     except (Stopped, KeyboardInterrupt):
+        # `timeout` signals the sweep and then its whole process group: the second SIGTERM must not cut this short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stopped = True
         stop_children([proc for proc, _, _ in procs.values()])
     results = []

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
-from sa2va.datasets import EpochDefaultSampler
+from sa2va.datasets import EpochDefaultSampler, TaskCurriculumSampler
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("learning_proof_sweep", REPO / "benchmarks" / "learning_proof_sweep.py")
@@ -38,6 +38,7 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     c = sweep.variant_config(opts)
     assert c.train_dataloader.batch_size == 48 and c.train_dataloader.sampler == dict(type=EpochDefaultSampler,
                                                                                        shuffle=True)
+    assert "sa2va.datasets.EpochDefaultSampler" in c.pretty_text  # dumpable: what a run writes to its work dir
     assert c.custom_hooks[0].max_items == 30
     assert c.custom_hooks[-1].type == "TeacherForcedSegEval" and c.custom_hooks[-1].interval == 250
     assert c.custom_hooks[-1].dataset == c.custom_hooks[0].datasets.refcocog_val
@@ -57,6 +58,14 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     c = sweep.variant_config(sweep.parse_spec("s:tasks=seg")[1])
     assert c.train_dataloader.dataset.type.__name__ == "ReferSegmDataset"
     assert c.custom_hooks[0].caption_datasets == {} and c.custom_hooks[0].datasets
+    c = sweep.variant_config(sweep.parse_spec("cf:caption_first=300,batch=16")[1])
+    assert c.train_dataloader.sampler.type is TaskCurriculumSampler
+    assert c.train_dataloader.sampler.first_iters == 300 and c.train_dataloader.sampler.first_datasets == [1]
+    assert c.train_dataloader.sampler.batch_size == c.train_dataloader.sampler.sampler.per_device_batch_size == 16
+    assert c.train_dataloader.dataset.datasets[1].type.__name__ == "ReferRegionCaptionDataset"
+    assert "sa2va.datasets.TaskCurriculumSampler" in c.pretty_text
+    with pytest.raises(SystemExit, match="tasks=both"):
+        sweep.variant_config(dict(caption_first="5", tasks="seg"))
     with pytest.raises(SystemExit, match="both, seg or caption"):
         sweep.variant_config(dict(tasks="captions"))
     with pytest.raises(SystemExit, match="grouped or random"):

@@ -21,6 +21,7 @@ from .image_processing import (
     sam2_image_tensor,
     tokens_per_tile,
 )
+from .curriculum import TaskCurriculumSampler
 from .samplers import EpochDefaultSampler, EpochIndex, LengthGroupedSampler
 from .templates import PROMPT_TEMPLATES, get_template, resolve_template, template_from_tokenizer
 
@@ -30,7 +31,7 @@ __all__ = [
     "IGNORE_INDEX", "encode_conversation", "image_token_string", "region_token_string",
     "IMAGENET_MEAN", "IMAGENET_STD", "DirectResize", "TileProcessor", "num_tiles_for_size", "prompt_grid_size",
     "sam2_image_tensor", "tokens_per_tile",
-    "EpochDefaultSampler", "EpochIndex", "LengthGroupedSampler",
+    "EpochDefaultSampler", "EpochIndex", "LengthGroupedSampler", "TaskCurriculumSampler",
     "PROMPT_TEMPLATES", "get_template", "resolve_template", "template_from_tokenizer",
 ]
 

@@ -1,0 +1,74 @@
+"""TaskCurriculumSampler: only the first stage's datasets for the first N batches, then everything."""
+import numpy as np
+import pytest
+from mmengine.registry import DATA_SAMPLERS
+from torch.utils.data import DataLoader
+
+from sa2va.datasets import EpochDefaultSampler, LengthGroupedSampler, TaskCurriculumSampler
+
+
+class _Concat:
+    """What the sampler needs of a ConcatDataset: cumulative sizes, lengths (for LengthGroupedSampler), items."""
+
+    def __init__(self, *sizes):
+        self.cumulative_sizes = np.cumsum(sizes).tolist()
+        rng = np.random.default_rng(0)
+        self.lengths = rng.integers(10, 100, self.cumulative_sizes[-1]).tolist()
+
+    def __len__(self):
+        return self.cumulative_sizes[-1]
+
+    def __getitem__(self, i):
+        return i
+
+
+def _batches(sampler, dataset, batch_size, epochs):
+    """The batches a DataLoader makes over ``epochs`` epochs (mmengine sets the epoch before each)."""
+    out = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        out += [b.tolist() for b in DataLoader(dataset, batch_size=batch_size, sampler=sampler)]
+    return out
+
+
+@pytest.mark.parametrize("inner", [dict(type=LengthGroupedSampler, per_device_batch_size=4),
+                                   dict(type=EpochDefaultSampler, shuffle=True)])
+def test_first_stage_draws_only_its_datasets_then_all(inner):
+    ds = _Concat(30, 18)  # dataset 1 (indices 30..47): 18 items = 4 full batches + a partial one per epoch
+    sampler = TaskCurriculumSampler(ds, sampler=inner, first_iters=7, first_datasets=[1], batch_size=4, seed=1)
+    batches = _batches(sampler, ds, batch_size=4, epochs=4)
+    first, rest = batches[:7], batches[7:]
+    assert all(i >= 30 for b in first for i in b)
+    assert [len(b) for b in first] == [4, 4, 4, 4, 2, 4, 4]  # epoch 0 ends in a partial batch; it counts
+    assert sorted(i for b in first[:5] for i in b) == list(range(30, 48))  # a first-stage epoch: all of dataset 1
+    assert any(i < 30 for i in rest[0])  # the stage changes at batch 7, inside the second epoch
+    later = [i for b in batches[10:] for i in b]  # the epochs after the first stage: both datasets, every item
+    assert set(later) == set(range(48))
+    assert sampler.batches == len(batches)
+
+
+def test_built_by_mmengine_and_forwards_the_epoch():
+    ds = _Concat(12, 12)
+    sampler = DATA_SAMPLERS.build(
+        dict(type=TaskCurriculumSampler, first_iters=2, first_datasets=[0], batch_size=4,
+             sampler=dict(type=LengthGroupedSampler, per_device_batch_size=4)),
+        default_args=dict(dataset=ds, seed=5))
+    assert isinstance(sampler.sampler, LengthGroupedSampler) and sampler.sampler.seed == 5
+    assert sampler.hands_epoch_to_dataset and len(sampler) == 24
+    sampler.set_epoch(3)
+    assert sampler.sampler.epoch == 3
+    # no first stage: exactly the wrapped sampler's order
+    plain = TaskCurriculumSampler(ds, sampler=LengthGroupedSampler(ds, per_device_batch_size=4, seed=5),
+                                  first_iters=0, first_datasets=[0], batch_size=4)
+    plain.set_epoch(3)
+    assert list(plain) == list(sampler.sampler)
+
+
+def test_rejects_what_it_cannot_stage():
+    inner = dict(type=EpochDefaultSampler, shuffle=True)
+    with pytest.raises(TypeError, match="ConcatDataset"):
+        TaskCurriculumSampler(list(range(8)), sampler=inner, first_iters=1, first_datasets=[0], batch_size=2)
+    with pytest.raises(ValueError, match="first_datasets"):
+        TaskCurriculumSampler(_Concat(4, 4), sampler=inner, first_iters=1, first_datasets=[2], batch_size=2)
+    with pytest.raises(ValueError, match="empty"):
+        TaskCurriculumSampler(_Concat(4, 0), sampler=inner, first_iters=1, first_datasets=[1], batch_size=2)
