@@ -21,8 +21,8 @@ A run is ``NAME:key=value,...``. Keys:
             referring segmentation, or only region captions (a fast CPU check of the caption path)
   sampler=random     plain shuffling (EpochDefaultSampler) instead of length-grouped batches, so batches mix
             segmentation and caption samples
-  caption_first=N    a task curriculum (TaskCurriculumSampler around the sampler): the first N iterations train
-            on the region captions only, then on both tasks
+  caption_first=N    iterations of region captions alone before both tasks (the config's TaskCurriculumSampler;
+            0: both tasks from the start)
   eval_items=N       images (and regions) of the end-of-training generation evaluation
   tf_every=N         every N iterations, held-out cIoU with the answer teacher-forced (no generation, ~1 s):
             the [SEG] path's learning curve, logged as "teacher-forced val" lines and OUT/<name>/tf_eval.jsonl
@@ -114,7 +114,7 @@ def variant_config(options: dict):
     """The learning-proof config with a run's options applied."""
     from mmengine.config import Config, ConfigDict, DictAction
 
-    from sa2va.datasets import EpochDefaultSampler, TaskCurriculumSampler
+    from sa2va.datasets import EpochDefaultSampler
 
     cfg = Config.fromfile(CONFIG)
     options = dict(options)
@@ -158,29 +158,30 @@ def variant_config(options: dict):
     for key in [k for k in options if k.startswith("lr_mult.")]:
         custom_keys[key[len("lr_mult."):]] = dict(lr_mult=float(options.pop(key)))
     cfg.optim_wrapper.paramwise_cfg = dict(custom_keys=custom_keys)
+    # the config's sampler is a TaskCurriculumSampler (captions first) around a LengthGroupedSampler
+    loader = cfg._cfg_dict.train_dataloader  # unbuilt, so the config stays dumpable
     if "batch" in options:
         batch = int(options.pop("batch"))
-        cfg.train_dataloader.batch_size = batch
-        cfg.train_dataloader.sampler.per_device_batch_size = batch
+        loader.batch_size = loader.sampler.batch_size = loader.sampler.sampler.per_device_batch_size = batch
+    if "caption_first" in options:
+        loader.sampler.first_iters = int(options.pop("caption_first"))
     tasks = options.pop("tasks", "both")
     if tasks not in ("both", "seg", "caption"):
         raise SystemExit(f"tasks={tasks!r}: use both, seg or caption")
-    if tasks != "both":
+    if tasks != "both":  # one dataset: nothing to stage
         seg, caption = cfg.train_dataloader.dataset.datasets
         cfg.train_dataloader.dataset = seg if tasks == "seg" else caption
         cfg.custom_hooks[0][("caption_datasets" if tasks == "seg" else "datasets")] = {}
+        loader.sampler = loader.sampler.sampler
     sampler = options.pop("sampler", "grouped")
     if sampler not in ("grouped", "random"):
         raise SystemExit(f"sampler={sampler!r}: use grouped or random")
     if sampler == "random":
-        cfg.train_dataloader.sampler = dict(type=_lazy(EpochDefaultSampler), shuffle=True)
-    if "caption_first" in options:
-        if tasks != "both":
-            raise SystemExit("caption_first=N needs tasks=both")
-        inner = cfg._cfg_dict.train_dataloader.sampler  # unbuilt, so it stays dumpable
-        cfg.train_dataloader.sampler = dict(type=_lazy(TaskCurriculumSampler), sampler=inner, first_datasets=[1],
-                                            first_iters=int(options.pop("caption_first")),
-                                            batch_size=cfg.train_dataloader.batch_size)
+        shuffled = dict(type=_lazy(EpochDefaultSampler), shuffle=True)
+        if tasks == "both":
+            loader.sampler.sampler = shuffled
+        else:
+            loader.sampler = shuffled
     if "eval_items" in options:
         cfg.custom_hooks[0].max_items = int(options.pop("eval_items"))
     if "tf_every" in options:

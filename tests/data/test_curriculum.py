@@ -72,3 +72,21 @@ def test_rejects_what_it_cannot_stage():
         TaskCurriculumSampler(_Concat(4, 4), sampler=inner, first_iters=1, first_datasets=[2], batch_size=2)
     with pytest.raises(ValueError, match="empty"):
         TaskCurriculumSampler(_Concat(4, 0), sampler=inner, first_iters=1, first_datasets=[1], batch_size=2)
+
+
+def test_a_resumed_run_rereads_into_the_same_stream():
+    """No ``set_start``: ``TrainLoop`` resumes by re-reading the trained batches from a fresh sampler, which
+    passes the same stage boundary and epochs (mmengine's infinite iterator sets the epoch at each rollover)."""
+    from mmengine.runner.loops import _InfiniteDataloaderIterator
+
+    def stream(n):
+        ds = _Concat(20, 10)
+        sampler = TaskCurriculumSampler(ds, sampler=dict(type=LengthGroupedSampler, per_device_batch_size=4),
+                                        first_iters=6, first_datasets=[1], batch_size=4, seed=2)
+        it = _InfiniteDataloaderIterator(DataLoader(ds, batch_size=4, sampler=sampler))
+        return [next(it).tolist() for _ in range(n)]
+
+    assert not hasattr(TaskCurriculumSampler, "set_start")
+    full = stream(20)
+    assert all(i >= 20 for b in full[:6] for i in b) and any(i < 20 for i in full[6])
+    assert stream(20) == full  # what the resumed run re-reads (its first k batches) and then trains on

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
-from sa2va.datasets import EpochDefaultSampler, TaskCurriculumSampler
+from sa2va.datasets import EpochDefaultSampler, LengthGroupedSampler, TaskCurriculumSampler
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("learning_proof_sweep", REPO / "benchmarks" / "learning_proof_sweep.py")
@@ -36,8 +36,8 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert "type=" in c.pretty_text  # still dumpable (lazy objects were not built into the tree)
     _, opts = sweep.parse_spec("b:batch=48,sampler=random,eval_items=30,tf_every=250")
     c = sweep.variant_config(opts)
-    assert c.train_dataloader.batch_size == 48 and c.train_dataloader.sampler == dict(type=EpochDefaultSampler,
-                                                                                       shuffle=True)
+    assert c.train_dataloader.batch_size == 48 and c.train_dataloader.sampler.batch_size == 48
+    assert c.train_dataloader.sampler.sampler == dict(type=EpochDefaultSampler, shuffle=True)
     assert "sa2va.datasets.EpochDefaultSampler" in c.pretty_text  # dumpable: what a run writes to its work dir
     assert c.custom_hooks[0].max_items == 30
     assert c.custom_hooks[-1].type == "TeacherForcedSegEval" and c.custom_hooks[-1].interval == 250
@@ -48,24 +48,25 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert c.prepare.root == base.prepare.root + "_poszeros" and c.model.mllm.model_path.startswith(c.prepare.root)
     assert c.optim_wrapper.paramwise_cfg.custom_keys == dict(sam_mask_decoder=dict(lr_mult=0.1),
                                                              text_hidden_fcs=dict(lr_mult=10.0))
-    assert sweep.variant_config(sweep.parse_spec("g:batch=8")[1]).train_dataloader.sampler.per_device_batch_size == 8
+    assert base.train_dataloader.sampler.type is TaskCurriculumSampler and base.train_dataloader.sampler.first_iters
+    c = sweep.variant_config(sweep.parse_spec("g:batch=8,caption_first=0")[1])
+    assert c.train_dataloader.sampler.sampler.per_device_batch_size == 8 and c.train_dataloader.sampler.first_iters == 0
     c = sweep.variant_config(sweep.parse_spec("n:images=10000,tile=448")[1])
     assert c.prepare.num_images == 10000 and c.prepare.root == base.prepare.root + "_448_n10000"
     assert c.train_dataloader.dataset.datasets[0].data_root.startswith(c.prepare.root)
     c = sweep.variant_config(sweep.parse_spec("c:tasks=caption")[1])
     assert c.train_dataloader.dataset.type.__name__ == "ReferRegionCaptionDataset"
     assert c.custom_hooks[0].datasets == {} and c.custom_hooks[0].caption_datasets
+    assert c.train_dataloader.sampler.type is LengthGroupedSampler  # the curriculum's inner sampler
     c = sweep.variant_config(sweep.parse_spec("s:tasks=seg")[1])
     assert c.train_dataloader.dataset.type.__name__ == "ReferSegmDataset"
     assert c.custom_hooks[0].caption_datasets == {} and c.custom_hooks[0].datasets
     c = sweep.variant_config(sweep.parse_spec("cf:caption_first=300,batch=16")[1])
-    assert c.train_dataloader.sampler.type is TaskCurriculumSampler
     assert c.train_dataloader.sampler.first_iters == 300 and c.train_dataloader.sampler.first_datasets == [1]
-    assert c.train_dataloader.sampler.batch_size == c.train_dataloader.sampler.sampler.per_device_batch_size == 16
     assert c.train_dataloader.dataset.datasets[1].type.__name__ == "ReferRegionCaptionDataset"
     assert "sa2va.datasets.TaskCurriculumSampler" in c.pretty_text
-    with pytest.raises(SystemExit, match="tasks=both"):
-        sweep.variant_config(dict(caption_first="5", tasks="seg"))
+    c = sweep.variant_config(sweep.parse_spec("c:tasks=caption,sampler=random")[1])  # one dataset: no stages
+    assert c.train_dataloader.sampler == dict(type=EpochDefaultSampler, shuffle=True)
     with pytest.raises(SystemExit, match="both, seg or caption"):
         sweep.variant_config(dict(tasks="captions"))
     with pytest.raises(SystemExit, match="grouped or random"):

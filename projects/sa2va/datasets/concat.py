@@ -39,6 +39,12 @@ def dataset_lengths(dataset) -> list[int]:
                     f"(one int per item: token count, negative for text-only)")
 
 
+def dataset_position(cumulative_sizes: Sequence[int], index: int) -> tuple[int, int]:
+    """Where item ``index`` (0 <= index < total) of a concatenation lies: (dataset k, index within dataset k)."""
+    k = bisect.bisect_right(cumulative_sizes, index)
+    return k, index - (cumulative_sizes[k - 1] if k else 0)
+
+
 class ConcatDataset(_TorchConcatDataset):
     """Concatenation of ``datasets`` (config dicts, built here through ``BUILDER``, or dataset objects).
 
@@ -69,8 +75,8 @@ class ConcatDataset(_TorchConcatDataset):
         if not -len(self) <= idx < len(self):
             raise IndexError(f"ConcatDataset: index {idx} out of range for {len(self)} items")
         idx %= len(self)
-        k = bisect.bisect_right(self.cumulative_sizes, idx)
-        return self.datasets[k][EpochIndex(epoch, idx - (self.cumulative_sizes[k - 1] if k else 0))]
+        k, i = dataset_position(self.cumulative_sizes, idx)
+        return self.datasets[k][EpochIndex(epoch, i)]
 
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to every dataset (their per-item randomness depends on it)."""

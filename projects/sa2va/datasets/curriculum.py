@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
+from .concat import dataset_position
 from .samplers import EpochIndex
 
 
@@ -56,7 +56,7 @@ class TaskCurriculumSampler(Sampler):
             sampler = DATA_SAMPLERS.build(sampler, default_args=dict(dataset=dataset, seed=seed))
         self.sampler = sampler
         self.dataset = dataset
-        self.cumulative_sizes = np.asarray(sizes)
+        self.cumulative_sizes = list(sizes)
         self.first_iters, self.batch_size = int(first_iters), int(batch_size)
         self.batches = 0  # batches begun so far (this rank, since the start of training)
 
@@ -65,8 +65,7 @@ class TaskCurriculumSampler(Sampler):
         return getattr(self.sampler, "hands_epoch_to_dataset", False)
 
     def _dataset_of(self, index: int | EpochIndex) -> int:
-        i = index.index if isinstance(index, EpochIndex) else int(index)
-        return int(np.searchsorted(self.cumulative_sizes, i, side="right"))
+        return dataset_position(self.cumulative_sizes, index.index if isinstance(index, EpochIndex) else int(index))[0]
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
