@@ -251,9 +251,9 @@ def _train_child(spec: str, work_dir: str) -> None:
     cfg = variant_config(parse_spec(spec)[1])
     cfg, flexible = prepare_config(cfg, work_dir=work_dir, config_path=CONFIG)
     build_runner(cfg, flexible).train()
-    # Everything is written once train() returns (evaluation, losses, curve). On the GPU hosts the interpreter's
-    # teardown after a time-limited run then took ~50 s (DataLoader workers being joined), which the sweep's
-    # callers pay in device time: leave at once.
+    # Everything is written once train() returns (evaluation, losses, curve). On the GPU hosts the process then
+    # took ~50 s more to exit (cause not diagnosed; the DataLoader's ten persistent workers are the suspect), which
+    # the sweep's callers pay in device time: leave at once.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
