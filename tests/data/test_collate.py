@@ -73,3 +73,37 @@ def test_errors_name_the_record():
     b["pixel_values"] = torch.zeros_like(a["pixel_values"], dtype=torch.uint8)  # one dataset with uint8_tiles only
     with pytest.raises(ValueError, match=r"different dtypes.*uint8_tiles.*'b': 'torch.uint8'"):
         sa2va_collate_fn([a, b])
+
+
+def test_per_item_lists_share_one_storage_and_keep_their_values():
+    """Each per-item list is copied into one storage (one file descriptor when a worker sends the batch):
+    same shapes, dtypes and values, None kept."""
+    from torch.utils.data import DataLoader
+
+    from sa2va.datasets.collate import in_one_storage
+
+    torch.manual_seed(0)
+    tensors = [torch.randint(0, 2, (2, 30, 40), dtype=torch.uint8), None, torch.randint(0, 2, (1, 7, 9),
+               dtype=torch.uint8), torch.rand(3, 5), torch.rand(2, 2).t()]  # mixed dtypes, one non-contiguous
+    out = in_one_storage(tensors)
+    assert out[1] is None
+    for a, b in zip(tensors, out):
+        if a is not None:
+            assert b.shape == a.shape and b.dtype == a.dtype and torch.equal(a, b)
+    assert out[0].untyped_storage().data_ptr() == out[2].untyped_storage().data_ptr()  # the uint8 ones
+    assert out[3].untyped_storage().data_ptr() == out[4].untyped_storage().data_ptr()  # the float ones
+    assert out[0].untyped_storage().data_ptr() != out[3].untyped_storage().data_ptr()
+
+    batch = [_item(5, tiles=1, masks=2), _item(6, tiles=1, masks=3), _item(3, tiles=1, regions=2)]
+    for i, item in enumerate(batch):
+        if "masks" in item:
+            item["masks"] = torch.randint(0, 2, item["masks"].shape, dtype=torch.uint8)
+            item["g_pixel_values"] = torch.full((3, 256, 256), i, dtype=torch.uint8)
+    direct = sa2va_collate_fn(batch)["data"]
+    assert direct["masks"][0].untyped_storage().data_ptr() == direct["masks"][1].untyped_storage().data_ptr()
+    # through a worker process: the same batch arrives
+    loader = DataLoader(batch, batch_size=3, num_workers=1, collate_fn=sa2va_collate_fn)
+    received = next(iter(loader))["data"]
+    for key in ("g_pixel_values", "masks", "prompt_masks"):
+        for a, b in zip(direct[key], received[key]):
+            assert (a is None and b is None) or torch.equal(a, b)
