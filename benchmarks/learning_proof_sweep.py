@@ -163,11 +163,13 @@ def variant_config(options: dict):
     if "batch" in options:
         batch = int(options.pop("batch"))
         loader.batch_size = loader.sampler.batch_size = loader.sampler.sampler.per_device_batch_size = batch
-    if "caption_first" in options:
-        loader.sampler.first_iters = int(options.pop("caption_first"))
     tasks = options.pop("tasks", "both")
     if tasks not in ("both", "seg", "caption"):
         raise SystemExit(f"tasks={tasks!r}: use both, seg or caption")
+    if "caption_first" in options:
+        if tasks != "both":
+            raise SystemExit("caption_first=N needs tasks=both")
+        loader.sampler.first_iters = int(options.pop("caption_first"))
     if tasks != "both":  # one dataset: nothing to stage
         seg, caption = cfg.train_dataloader.dataset.datasets
         cfg.train_dataloader.dataset = seg if tasks == "seg" else caption

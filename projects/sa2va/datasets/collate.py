@@ -29,9 +29,10 @@ def in_one_storage(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | No
     """The same tensors (shapes, dtypes, values; None stays None), copied into one storage per dtype.
 
     A DataLoader worker sends every storage of a batch to the training process as its own file descriptor (torch's
-    default sharing strategy), which costs that process ~0.3-0.7 ms per storage: a learning-proof segmentation batch
-    of 64 items (64 SAM2 images + 64 mask stacks) took 44 ms to receive as separate tensors
-    (``benchmarks/batch_receive.py``). Views of one storage travel as one.
+    default sharing strategy), which cost that process ~0.3 ms per storage on the 2-core VM: a learning-proof
+    segmentation batch of 64 items (64 SAM2 images + 64 mask stacks) took 34-42 ms to receive as separate tensors,
+    8-15 ms with each list in one storage (``benchmarks/batch_receive.py``, docs/benchmarks.md). Views of one
+    storage travel as one.
     """
     out: list[torch.Tensor | None] = list(tensors)
     for dtype in {t.dtype for t in tensors if t is not None}:

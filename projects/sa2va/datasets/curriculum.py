@@ -56,7 +56,6 @@ class TaskCurriculumSampler(Sampler):
         if isinstance(sampler, dict):
             sampler = DATA_SAMPLERS.build(sampler, default_args=dict(dataset=dataset, seed=seed))
         self.sampler = sampler
-        self.dataset = dataset
         self.cumulative_sizes = list(sizes)
         self.first_iters, self.batch_size = int(first_iters), int(batch_size)
         self.batches = 0  # batches begun so far (this rank, since the start of training)
