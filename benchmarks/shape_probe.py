@@ -38,7 +38,8 @@ def region_features(model, items: list[dict]) -> torch.Tensor:
     from sa2va.datasets.collate import sa2va_collate_fn
 
     data = model.data_preprocessor(sa2va_collate_fn(items, model.tokenizer.pad_token_id or 0), False)["data"]
-    visual = model.mllm.visual_embeddings(data["pixel_values"], data["num_tiles"], data["prompt_masks"])
+    visual, counts = model.mllm.visual_embeddings(data["pixel_values"], data["num_tiles"], data["prompt_masks"])
+    visual = visual.split(counts.tolist())
     return torch.stack([v[-int(regions.sum()):].mean(0) for v, regions in zip(visual, data["prompt_masks"])])
 
 

@@ -111,14 +111,69 @@ def test_seg_mask_count_mismatch_raises_or_skips(model):
 def test_fixed_number_of_objects_option(tiny_models):
     torch.manual_seed(0)
     m = BUILDER.build(model_config(tiny_models, num_objects_per_frame=5, loss_sample_points=False))
-    e = torch.randn(2, 4)
-    gt = torch.zeros(2, 3, 3)
-    gt[1] = 1
-    e5, gt5 = m._fix_object_number(e, gt)
-    assert e5.shape == (5, 4) and gt5.shape == (5, 3, 3)
-    assert torch.equal(e5[2], e[0]) and torch.equal(gt5[3], gt[1])
+    assert m._object_choice(2) == [0, 1, 0, 1, 0]  # repeated when fewer
+    subset = m._object_choice(7)  # a random subset when more
+    assert len(subset) == 5 and len(set(subset)) == 5 and all(0 <= o < 7 for o in subset)
+    s = seg_sample(m, n_masks=2)
+    prompts, image_index, gt, _ = m._seg_embeddings(collate([s]), torch.randn(1, len(s["input_ids"]), 64))
+    assert prompts.shape[0] == 5 and image_index.tolist() == [0] * 5
+    assert torch.equal(prompts[2], prompts[0]) and torch.equal(gt[3], gt[1]) and not torch.equal(gt[0], gt[1])
     losses = m(collate([seg_sample(m, n_masks=2)]), mode="loss")
     assert torch.isfinite(losses["loss_mask"])
+
+
+def test_targets_gathered_across_mask_sizes_in_sample_order(model):
+    """Samples whose masks differ in size are resized per size group, then put back in sample order; a sample
+    whose [SEG] count does not match is left out of prompts, targets and frames alike."""
+    samples = [seg_sample(model, n_masks=2, hw=(60, 80), seed=0), seg_sample(model, n_masks=1, hw=(48, 48), seed=1),
+               caption_sample(model), seg_sample(model, n_masks=3, hw=(60, 80), seed=2)]
+    samples[3]["masks"] = samples[3]["masks"].flip(-1)  # different content at the same size
+    batch = collate(samples)
+    hidden = torch.randn(4, batch["input_ids"].shape[1], 64)
+    prompts, image_index, gt, frames = model._seg_embeddings(batch, hidden)
+    side = model.grounding_encoder.image_size // 4
+    expected = torch.cat([torch.nn.functional.interpolate(s["masks"][None].float(), size=(side, side),
+                                                          mode="nearest")[0] for s in samples if s["masks"] is not None])
+    assert gt.shape == (6, side, side) and torch.equal(gt, expected)
+    assert image_index.tolist() == [0, 0, 1, 2, 2, 2]
+    assert torch.equal(frames, torch.stack([s["g_pixel_values"] for s in samples if s["masks"] is not None]))
+    is_seg = batch["input_ids"] == model.seg_token_idx
+    assert torch.allclose(prompts, model.text_hidden_fcs(hidden[is_seg]))
+    samples[1]["masks"] = samples[1]["masks"].repeat(2, 1, 1)  # 1 [SEG], 2 masks
+    model.skip_seg_mask_mismatch = True
+    try:
+        prompts, image_index, gt, frames = model._seg_embeddings(collate(samples), hidden)
+    finally:
+        model.skip_seg_mask_mismatch = False
+    keep = [0, 1, 3, 4, 5]  # the [SEG] rows of samples 0 and 3
+    assert torch.allclose(prompts, model.text_hidden_fcs(hidden[is_seg])[keep])
+    assert torch.equal(gt, expected[[0, 1, 3, 4, 5]]) and image_index.tolist() == [0, 0, 1, 1, 1]
+    assert frames.shape[0] == 2
+
+
+def test_visual_embeddings_order_tiles_then_regions(model, monkeypatch):
+    """Per sample: its tiles' tokens, then each region's thumbnail cells (row-major) - against a per-sample loop."""
+    mllm = model.mllm
+    n, g = mllm.tokens_per_tile, mllm.prompt_grid
+    num_tiles = [2, 0, 1, 3, 1]
+    feats = torch.randn(sum(num_tiles), n, 8)
+    monkeypatch.setattr(mllm, "image_features", lambda pixel_values: feats)
+    gen = torch.Generator().manual_seed(0)
+    prompt_masks = [None, None, (torch.rand(2, g, g, generator=gen) > 0.5).to(torch.uint8),
+                    (torch.rand(1, g, g, generator=gen) > 0.7).to(torch.uint8),
+                    torch.zeros(1, g, g, dtype=torch.uint8)]  # an empty region: no cells
+    visual, counts = mllm.visual_embeddings(None, num_tiles, prompt_masks)
+    expected, offset = [], 0
+    for t, pm in zip(num_tiles, prompt_masks):
+        tiles = feats[offset:offset + t]
+        offset += t
+        expected.append(tiles.flatten(0, 1))
+        if pm is not None:
+            expected += [tiles[-1][cells.flatten().bool()] for cells in pm]
+    assert torch.equal(visual, torch.cat(expected))
+    assert counts.tolist() == [2 * n, 0, n + int(prompt_masks[2].sum()), 3 * n + int(prompt_masks[3].sum()), n]
+    no_regions, counts = mllm.visual_embeddings(None, num_tiles, [None] * 5)
+    assert torch.equal(no_regions, feats.flatten(0, 1)) and counts.tolist() == [t * n for t in num_tiles]
 
 
 def test_predict_mode_returns_one_mask_per_seg(model):
@@ -166,10 +221,12 @@ def test_video_sample_frames_are_object_major(tiny_models):
     s["g_pixel_values"] = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)  # 3 frames
     s["masks"] = s["masks"].repeat_interleave(3, dim=0)  # [obj0 f0, obj0 f1, obj0 f2, obj1 f0, ...]
     s["frames_per_batch"] = 3
-    prompts, image_index, gts, frames = m._seg_embeddings(collate([s]), torch.randn(1, len(s["input_ids"]), 64))
+    prompts, image_index, gt, frames = m._seg_embeddings(collate([s]), torch.randn(1, len(s["input_ids"]), 64))
     assert frames.shape == (3, 3, size, size)
     assert image_index.tolist() == [0, 0, 1, 1, 2, 2]
-    assert len(gts) == 3 and all(torch.equal(g, s["masks"][::3]) for g in gts)
+    side = size // 4
+    resized = torch.nn.functional.interpolate(s["masks"][None].float(), size=(side, side), mode="nearest")[0]
+    assert torch.equal(gt, resized[[0, 3, 1, 4, 2, 5]])  # frame 0's objects, then frame 1's, ...
     assert torch.equal(prompts[:2], prompts[2:4])
     losses = m(collate([s]), mode="loss")
     assert torch.isfinite(losses["loss_dice"])

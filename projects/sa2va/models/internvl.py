@@ -11,6 +11,7 @@ token grid: after the image tokens, region r consumes the thumbnail features at 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 
@@ -214,29 +215,46 @@ class InternVLMLLM(nn.Module):
             x = x.reshape(x.shape[0], -1, x.shape[-1])  # [T, tokens_per_tile, C*4]
         return base.multi_modal_projector(x)  # [T, tokens_per_tile, D]
 
-    def visual_embeddings(self, pixel_values, num_tiles, prompt_masks) -> list[torch.Tensor]:
-        """Per sample: the features that fill its ``<IMG_CONTEXT>`` positions, in order: all tiles' tokens, then
-        for each region the thumbnail (last tile) tokens at the region's cells. Returns a list of [n_i, D]."""
+    def visual_embeddings(self, pixel_values, num_tiles, prompt_masks) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features that fill the batch's ``<IMG_CONTEXT>`` positions, in order: per sample all its tiles'
+        tokens, then for each region the thumbnail (last tile) tokens at the region's cells (row-major).
+
+        Returns (features [sum_i n_i, D], counts n_i [B] on the features' device). One gather for the whole batch,
+        the region cells found with one ``nonzero``: a per-sample loop cost the host ~10 ops and one device sync
+        per sample (``benchmarks/step_ops.py``).
+        """
         feats = self.image_features(pixel_values)  # [sum T, n, D]
-        per_sample, offset = [], 0
-        for i, t in enumerate(num_tiles):
-            if t == 0:
-                per_sample.append(feats.new_zeros(0, feats.shape[-1]))
-                continue
-            tiles = feats[offset:offset + t]  # [T,n,D]
-            offset += t
-            parts = [tiles.flatten(0, 1)]
-            if prompt_masks is not None and prompt_masks[i] is not None:
-                thumb = tiles[-1]  # [n,D]
-                cells = prompt_masks[i].flatten(1).bool()  # [R, g*g]
-                if cells.shape[1] != thumb.shape[0]:
-                    raise ValueError(f"batch index {i}: prompt_masks grid has {cells.shape[1]} cells but a tile has "
-                                     f"{thumb.shape[0]} tokens ({self.prompt_grid}x{self.prompt_grid} expected)")
-                parts += [thumb[c] for c in cells]
-            per_sample.append(torch.cat(parts))
-        if offset != feats.shape[0]:
-            raise ValueError(f"num_tiles sums to {offset} but pixel_values holds {feats.shape[0]} tiles")
-        return per_sample
+        n = feats.shape[1]
+        if sum(num_tiles) != feats.shape[0]:
+            raise ValueError(f"num_tiles sums to {sum(num_tiles)} but pixel_values holds {feats.shape[0]} tiles")
+        flat = feats.flatten(0, 1)  # [sum T * n, D]: the tiles' tokens, sample by sample
+        device = flat.device
+        counts = [t * n for t in num_tiles]
+        with_regions = [i for i, m in enumerate(prompt_masks or []) if m is not None]
+        if not with_regions:
+            return flat, torch.tensor(counts, device=device)
+        tile_end = list(itertools.accumulate(num_tiles))  # one past each sample's last tile
+        cells, thumb_start, region_sample = [], [], []
+        for i in with_regions:
+            grid = prompt_masks[i].flatten(1)  # [R_i, g*g]
+            if grid.shape[1] != n:
+                raise ValueError(f"batch index {i}: prompt_masks grid has {grid.shape[1]} cells but a tile has "
+                                 f"{n} tokens ({self.prompt_grid}x{self.prompt_grid} expected)")
+            if num_tiles[i] == 0:
+                raise ValueError(f"batch index {i}: {grid.shape[0]} regions but no tiles")
+            cells.append(grid)
+            thumb_start += [(tile_end[i] - 1) * n] * grid.shape[0]
+            region_sample += [i] * grid.shape[0]
+        region, cell = torch.cat(cells).bool().nonzero(as_tuple=True)  # region-major, cells row-major (1 sync)
+        region_rows = torch.tensor(thumb_start, device=device)[region] + cell  # [sum cells] rows of flat
+        region_owner = torch.tensor(region_sample, device=device)[region]  # [sum cells] sample of each
+        tile_owner = torch.arange(len(num_tiles)).repeat_interleave(torch.tensor(counts)).to(device)
+        # by sample; within a sample its tiles first (a stable sort keeps the concatenation order), then regions
+        owner = torch.cat([tile_owner, region_owner])
+        rows = torch.cat([torch.arange(flat.shape[0], device=device), region_rows])
+        rows = rows[torch.sort(owner, stable=True).indices]
+        counts = torch.tensor(counts, device=device) + torch.bincount(region_owner, minlength=len(num_tiles))
+        return flat.index_select(0, rows), counts
 
     def input_embeddings(self, input_ids, pixel_values=None, num_tiles=None, prompt_masks=None) -> torch.Tensor:
         """Token embeddings with visual features scattered into the ``<IMG_CONTEXT>`` positions. -> [B,L,D]"""
@@ -256,17 +274,16 @@ class InternVLMLLM(nn.Module):
             return embeds + dummy.sum() * 0.0
         if num_tiles is None:
             num_tiles = [pixel_values.shape[0] // input_ids.shape[0]] * input_ids.shape[0]
-        visual = self.visual_embeddings(pixel_values, num_tiles, prompt_masks)
-        n_ctx = is_ctx.sum(1).tolist()
-        for i, (n, v) in enumerate(zip(n_ctx, visual)):
-            if n != v.shape[0]:
+        visual, counts = self.visual_embeddings(pixel_values, num_tiles, prompt_masks)
+        n_ctx, counts = torch.stack([is_ctx.sum(1), counts]).tolist()  # one device sync
+        for i, (n, c) in enumerate(zip(n_ctx, counts)):
+            if n != c:
                 regions = 0 if prompt_masks is None or prompt_masks[i] is None else int(prompt_masks[i].sum())
                 raise ValueError(
-                    f"batch index {i}: {n} <IMG_CONTEXT> tokens but {v.shape[0]} visual features "
+                    f"batch index {i}: {n} <IMG_CONTEXT> tokens but {c} visual features "
                     f"({num_tiles[i]} tiles x {self.tokens_per_tile} + {regions} region cells); "
                     f"was the sequence truncated or built for another tile size?")
-        visual = torch.cat(visual).to(embeds.dtype)
-        return embeds.masked_scatter(is_ctx[..., None], visual)
+        return embeds.masked_scatter(is_ctx[..., None], visual.to(embeds.dtype))
 
     # -- language model -------------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, position_ids=None, pixel_values=None, num_tiles=None,

@@ -12,6 +12,7 @@ the SAM2 image encoder.
 """
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -155,19 +156,19 @@ class VideoLLaVASAMModel(BaseModel):
         raise ValueError(f"unknown mode '{mode}'")
 
     def _seg_embeddings(self, data, hidden):
-        """Prompts for SAM2 and the per-object bookkeeping.
+        """Prompts for SAM2 and the per-object bookkeeping, for the whole batch at once.
 
-        Returns (prompts [N,C], image_index [N], gt_masks list of [n,H,W] in the same order, frames [F,3,S,S])
-        or None when the batch has nothing to segment.
+        Returns (prompts [N,C], image_index [N] into frames, gt [N,h,w] 0/1 float at the mask decoder's
+        resolution, frames [F,3,S,S]) or None when the batch has nothing to segment. The loop over samples only
+        checks and collects indices on the host; each tensor is then gathered with one op (``benchmarks/step_ops.py``).
         """
         input_ids = data["input_ids"]
         masks = data.get("masks") or [None] * input_ids.shape[0]
         g_pixels = data.get("g_pixel_values") or [None] * input_ids.shape[0]
         is_seg = input_ids == self.seg_token_idx  # [B,L]
         seg_counts = is_seg.sum(1).tolist()
-        # project only the [SEG] positions (row-major order), then split per sample
-        prompts_per_row = torch.split(self.text_hidden_fcs(hidden[is_seg]), seg_counts)  # B x [n_seg_i,C]
-        prompts, image_index, gts, frames = [], [], [], []
+        seg_start = [0, *itertools.accumulate(seg_counts)]  # row of each sample's first [SEG] in hidden[is_seg]
+        prompt_rows, image_index, frames, gt_rows = [], [], [], []  # gt_rows: (sample, rows of its mask stack)
         for i, (m, g, n_seg) in enumerate(zip(masks, g_pixels, seg_counts)):
             if m is None or g is None:
                 if n_seg and m is None and g is not None:
@@ -185,29 +186,52 @@ class VideoLLaVASAMModel(BaseModel):
                 self.num_skipped_mismatch += 1
                 MMLogger.get_current_instance().warning(msg + f" -> skipped ({self.num_skipped_mismatch} so far)")
                 continue
-            emb = prompts_per_row[i]  # [n_obj,C]
-            gt = m.view(n_obj, n_frames, *m.shape[-2:])  # object-major layout
-            frame_imgs = g if g.dim() == 4 else g[None]
-            for f in range(n_frames):
-                e, t = emb, gt[:, f]
-                if self.num_objects_per_frame:
-                    e, t = self._fix_object_number(e, t)
-                prompts.append(e)
-                gts.append(t)
-                image_index += [len(frames)] * e.shape[0]
-                frames.append(frame_imgs[f])
-        if not prompts:
+            rows = []
+            for f in range(n_frames):  # masks are object-major: object o of frame f is row o * n_frames + f
+                objects = self._object_choice(n_obj) if self.num_objects_per_frame else range(n_obj)
+                prompt_rows += [seg_start[i] + o for o in objects]
+                rows += [o * n_frames + f for o in objects]
+                image_index += [len(frames)] * len(objects)
+                frames.append(g if g.dim() == 3 else g[f])
+            gt_rows.append((i, rows))
+        if not prompt_rows:
             return None
-        return (torch.cat(prompts), torch.tensor(image_index, device=hidden.device), gts, torch.stack(frames))
+        device = hidden.device
+        prompts = self.text_hidden_fcs(hidden[is_seg])  # [n_seg,C]: only the [SEG] positions, row-major
+        if prompt_rows != list(range(prompts.shape[0])):  # skipped samples, or a fixed object number
+            prompts = prompts.index_select(0, torch.tensor(prompt_rows, device=device))
+        side = self.grounding_encoder.image_size // 4  # the mask decoder's low-res logits
+        gt = self._gather_masks([(masks[i], rows) for i, rows in gt_rows], (side, side))
+        return prompts, torch.tensor(image_index, device=device), gt, torch.stack(frames)
 
-    def _fix_object_number(self, emb, gt):
-        """Exactly ``num_objects_per_frame`` pairs: a random subset if more, repeated if fewer."""
+    @staticmethod
+    def _gather_masks(parts, size) -> torch.Tensor:
+        """(mask stack [M_i,H_i,W_i], rows) per sample -> the rows in order, resized (nearest) to ``size``:
+        [N,h,w] float. One resize per distinct mask size."""
+        by_shape: dict[tuple, list[int]] = {}
+        for k, (m, _) in enumerate(parts):
+            by_shape.setdefault(tuple(m.shape[-2:]), []).append(k)
+        start = [0, *itertools.accumulate(len(rows) for _, rows in parts)]  # output row of each part's first mask
+        resized, order = [], []
+        for ks in by_shape.values():
+            stack = torch.cat([parts[k][0] for k in ks]) if len(ks) > 1 else parts[ks[0]][0]
+            offset = [0, *itertools.accumulate(parts[k][0].shape[0] for k in ks)]
+            rows = [offset[j] + r for j, k in enumerate(ks) for r in parts[k][1]]
+            if rows != list(range(stack.shape[0])):
+                stack = stack.index_select(0, torch.tensor(rows, device=stack.device))
+            resized.append(F.interpolate(stack[:, None].float(), size=size, mode="nearest")[:, 0])
+            order += [start[k] + r for k in ks for r in range(len(parts[k][1]))]
+        gt = torch.cat(resized) if len(resized) > 1 else resized[0]
+        if order != sorted(order):  # back to sample order
+            gt = gt.index_select(0, torch.tensor(order, device=gt.device).argsort())
+        return gt
+
+    def _object_choice(self, n_obj: int) -> list[int]:
+        """Exactly ``num_objects_per_frame`` of a frame's objects: a random subset if more, repeated if fewer."""
         k = self.num_objects_per_frame
-        if emb.shape[0] > k:
-            idx = torch.randperm(emb.shape[0], device=emb.device)[:k]
-            return emb[idx], gt[idx.to(gt.device)]
-        reps = k // emb.shape[0] + 1
-        return emb.repeat(reps, 1)[:k], gt.repeat(reps, 1, 1)[:k]
+        if n_obj > k:
+            return torch.randperm(n_obj)[:k].tolist()
+        return [j % n_obj for j in range(k)]
 
     def compute_loss(self, data: dict) -> dict:
         out = self.mllm(**{k: data.get(k) for k in ("input_ids", "attention_mask", "position_ids", "pixel_values",
@@ -217,10 +241,11 @@ class VideoLLaVASAMModel(BaseModel):
         if seg is None:
             zero = self._zero_mask_term(hidden)
             return {"llm_loss": out["loss"], "loss_mask": zero, "loss_dice": zero.clone()}
-        prompts, image_index, gts, frames = seg
+        prompts, image_index, gt, frames = seg
         sam_out = self.grounding_encoder(frames, prompts, image_index)
         pred = sam_out["masks"]  # [N,h,w] logits
-        gt = torch.cat([F.interpolate(t[None].float(), size=pred.shape[-2:], mode="nearest")[0] for t in gts])
+        if pred.shape != gt.shape:
+            raise RuntimeError(f"SAM2 decoded masks {tuple(pred.shape)} but the targets are {tuple(gt.shape)}")
         loss_mask, loss_dice = self.mask_losses(pred, gt)
         return {"llm_loss": out["loss"], "loss_mask": loss_mask + sam_out["aux"], "loss_dice": loss_dice}
 
