@@ -42,9 +42,12 @@ with read_base():
 #   (exact match 0.20-0.22 at 1000 iterations, shape at chance); trained alone they learn every word within a few
 #   hundred iterations (exact match 0.94 at 1570, ninth session). So 400 caption-only iterations come first
 #   (TaskCurriculumSampler), then both tasks: one run gave cIoU 0.747 and exact match 0.694 (shape 0.69)
-#   at iteration 1500;
+#   at iteration 1500 (ninth session); four more runs (seeds 0-3) gave exact match 0.72 / 0.72 / 0.75 / 0.82 but cIoU
+#   0.51 / 0.50 / 0.23 / 0.25 (tenth session): the captions now learn in every run, while the [SEG] path leaves
+#   its "segment every shape" plateau in some runs only (3 of 5);
 # - batch 64: the small model's step is bound by the host (0.17 s at batch 16, ~0.3 s at 64 alone on an H100),
-#   so 4x the batch is ~2.5x the samples per second.
+#   so 4x the batch is ~2.5x the samples per second. With the tenth session's fewer ops per step (below) it
+#   steps at ~0.25 s/it, half of it waiting for data: 1500 iterations take ~375 s.
 # ------------------------------------------------------------------ sizes
 assets = './work_dirs/learning_proof_assets'
 internvl_size = dict(image_size=224, vision_hidden=192, vision_layers=4, vision_heads=3,   # 64 tokens per tile
@@ -58,7 +61,7 @@ data_root = assets + '/data/'
 tile_size = internvl_size['image_size']
 max_dynamic_patch = 1          # one 224-px tile of the whole image = 64 image tokens (regions use this grid too)
 batch_size = 64
-dataloader_num_workers = 10
+dataloader_num_workers = 14   # with 10 the faster step waited for data 0.07-0.17 s/it on a 16-core H100 host
 max_iters = 1500
 caption_first_iters = 400   # the region captions alone first, then both tasks (see above)
 max_train_seconds = 480     # the budget is <= 10 min on one H100: stop there even if max_iters is not reached
@@ -107,7 +110,8 @@ train_dataloader.sampler = dict(  # noqa: F405
 
 # ------------------------------------------------------------------ optimisation
 # fused AdamW in 2 parameter groups: the step of this small model is bound by the host's op dispatch, and
-# mmengine's paramwise_cfg alone would make one group per tensor (337), i.e. ~3.4 k foreach-AdamW ops per step
+# mmengine's paramwise_cfg alone makes one group per tensor (337), i.e. ~4 k foreach-AdamW ops per step
+# (benchmarks/step_ops.py: 115 vs 175 ms per segmentation step on an H100)
 optim_wrapper.optimizer.update(lr=lr, weight_decay=weight_decay, fused=True)  # noqa: F405
 optim_wrapper.paramwise_cfg = dict(custom_keys={'sam_mask_decoder': dict(lr_mult=decoder_lr_mult)})  # noqa: F405
 optim_wrapper.constructor = MergedGroupsOptimWrapperConstructor  # noqa: F405

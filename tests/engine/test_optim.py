@@ -27,6 +27,16 @@ def _wrapper(model, constructor=None, fused=False):
     return build_optim_wrapper(model, cfg)
 
 
+def _assert_same_training(model, wrapper, twin, twin_wrapper):
+    """Three AdamW steps on the same data leave both models with the same weights."""
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        for m, w in ((model, wrapper), (twin, twin_wrapper)):
+            w.update_params(m(x).pow(2).mean())
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
 def test_groups_merged_with_the_same_updates():
     torch.manual_seed(0)
     model = _Net()
@@ -39,12 +49,7 @@ def test_groups_merged_with_the_same_updates():
     assert [len(g["params"]) for g in groups] == [4, 2, 4]
     assert [g["lr"] for g in groups] == [1e-2, 1e-2, 1e-3]
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0, 0.1]
-    x = torch.randn(16, 4)
-    for _ in range(3):
-        for m, w in ((model, per_tensor), (twin, merged)):
-            w.update_params(m(x).pow(2).mean())
-    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
-        assert torch.allclose(a, b, atol=1e-6), name
+    _assert_same_training(model, per_tensor, twin, merged)
     assert not torch.equal(model.encoder[0].weight, _Net().encoder[0].weight)
 
 
@@ -54,9 +59,4 @@ def test_fused_adamw_matches_foreach():
     twin = copy.deepcopy(model)
     foreach = _wrapper(model, MergedGroupsOptimWrapperConstructor)
     fused = _wrapper(twin, MergedGroupsOptimWrapperConstructor, fused=True)
-    x = torch.randn(16, 4)
-    for _ in range(3):
-        for m, w in ((model, foreach), (twin, fused)):
-            w.update_params(m(x).pow(2).mean())
-    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
-        assert torch.allclose(a, b, atol=1e-6), name
+    _assert_same_training(model, foreach, twin, fused)

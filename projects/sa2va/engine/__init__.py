@@ -6,6 +6,6 @@ from .optim import MergedGroupsOptimWrapperConstructor
 from .resume_state import ResumeStateHook
 from .runner import build_runner, prepare_config
 
-__all__ = ["AtomicCheckpointHook", "DatasetSummaryHook", "LossCurveHook", "MergedGroupsOptimWrapperConstructor", "ReferEvalHook", "ResumeStateHook",
-           "ThroughputHook", "TrainLoop", "TrainTimeLimitHook", "build_runner", "find_resumable_checkpoint",
-           "prepare_config", "register_checkpoint_safe_globals"]
+__all__ = ["AtomicCheckpointHook", "DatasetSummaryHook", "LossCurveHook", "MergedGroupsOptimWrapperConstructor",
+           "ReferEvalHook", "ResumeStateHook", "ThroughputHook", "TrainLoop", "TrainTimeLimitHook", "build_runner",
+           "find_resumable_checkpoint", "prepare_config", "register_checkpoint_safe_globals"]

@@ -1,0 +1,76 @@
+"""Learning-proof runs side by side: per-task loss windows and the teacher-forced cIoU, as a table and a PNG.
+
+    python benchmarks/plot_runs.py OUT.png SWEEP_RUN_DIR [SWEEP_RUN_DIR ...] [--window 100]
+
+Each run directory is one run of ``benchmarks/learning_proof_sweep.py`` (``losses.jsonl``, ``tf_eval.jsonl``).
+A batch of the learning proof holds one task (length-grouped batches, one sample type per batch), so the losses
+split by task: caption batches have no mask loss (``loss_mask == 0``), segmentation batches do. Printed per run:
+the caption batches' LM loss per token and the segmentation batches' mask loss (sigmoid-CE + Dice, both weighted),
+as means over ``--window``-iteration windows, and the teacher-forced cIoU points.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os.path as osp
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not osp.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def task_windows(rows: list[dict], window: int) -> dict[str, list[tuple[int, float]]]:
+    """{'caption': [(window end, mean LM loss)], 'segmentation': [(window end, mean mask + Dice loss)]}."""
+    sums: dict[str, dict[int, list[float]]] = {"caption": {}, "segmentation": {}}
+    for row in rows:
+        end = ((row["iter"] - 1) // window + 1) * window
+        if row["loss_mask"] == 0:
+            sums["caption"].setdefault(end, []).append(row["llm_loss"])
+        else:
+            sums["segmentation"].setdefault(end, []).append(row["loss_mask"] + row["loss_dice"])
+    return {task: [(end, sum(v) / len(v)) for end, v in sorted(by_end.items())] for task, by_end in sums.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("png")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--window", type=int, default=100)
+    args = p.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for run in args.runs:
+        name = osp.basename(osp.normpath(run))
+        windows = task_windows(read_jsonl(osp.join(run, "losses.jsonl")), args.window)
+        tf = read_jsonl(osp.join(run, "tf_eval.jsonl"))
+        for task, values in windows.items():
+            print(f"{name} {task}: " + " ".join(f"{end}:{v:.3f}" for end, v in values))
+        print(f"{name} teacher-forced cIoU: " + " ".join(f"{r['iter']}:{r['cIoU']:.3f}" for r in tf))
+        for ax, task in zip(axes, ("caption", "segmentation")):
+            if windows[task]:
+                ax.plot(*zip(*windows[task]), marker=".", label=name)
+        if tf:
+            axes[2].plot([r["iter"] for r in tf], [r["cIoU"] for r in tf], marker="o", label=name)
+    titles = (f"caption batches: LM loss per token ({args.window}-it means)",
+              f"segmentation batches: mask + Dice loss ({args.window}-it means)", "held-out cIoU, teacher-forced")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(args.png, dpi=90)
+    print(f"wrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()
