@@ -2,8 +2,10 @@
 attribute."""
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -184,3 +186,21 @@ def test_summarise_of_a_stopped_run_keeps_its_teacher_forced_curve(tmp_path):
     out = sweep.summarise("r", str(tmp_path), str(tmp_path / "train.log"))
     assert out["last_logged_iter"] == 1150 and "iter" not in out
     assert out["teacher_forced_cIoU"] == [dict(iter=975, cIoU=0.7, items=200)] and out["s_per_iter"] == 0.31
+
+
+def test_plot_runs_splits_the_losses_by_task(tmp_path):
+    spec = importlib.util.spec_from_file_location("plot_runs", REPO / "benchmarks" / "plot_runs.py")
+    plot_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_runs)
+    rows = [dict(iter=i, llm_loss=1.0 / i, loss_mask=0.0 if i % 2 else 3.0, loss_dice=0.0 if i % 2 else 1.0)
+            for i in range(1, 9)]
+    windows = plot_runs.task_windows(rows, window=4)
+    assert windows["caption"] == [(4, (1 + 1 / 3) / 2), (8, (1 / 5 + 1 / 7) / 2)]  # odd iterations: no mask loss
+    assert windows["segmentation"] == [(4, 4.0), (8, 4.0)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "losses.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (run / "tf_eval.jsonl").write_text(json.dumps(dict(iter=8, cIoU=0.5, items=2)) + "\n")
+    with mock.patch.object(sys, "argv", ["plot_runs.py", str(tmp_path / "out.png"), str(run), "--window", "4"]):
+        plot_runs.main()
+    assert (tmp_path / "out.png").stat().st_size > 0

@@ -409,3 +409,24 @@ def test_random_sam2_decoder_reacts_more_to_larger_prompts(tiny_models):
 
     low, high = prompt_dependent_share(1.0), prompt_dependent_share(4.0)
     assert low < 0.2 and high > 5 * low, (low, high)
+
+
+def test_visual_embeddings_errors_name_the_sample(model, monkeypatch):
+    mllm = model.mllm
+    n, g = mllm.tokens_per_tile, mllm.prompt_grid
+    monkeypatch.setattr(mllm, "image_features", lambda pixel_values: torch.zeros(3, n, 8))
+    region = torch.ones(1, g, g, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="num_tiles sums to 2 but pixel_values holds 3 tiles"):
+        mllm.visual_embeddings(None, [1, 1], [None, None])
+    with pytest.raises(ValueError, match="batch index 1: prompt_masks grid has 4 cells"):
+        mllm.visual_embeddings(None, [2, 1], [None, torch.ones(1, 2, 2, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="batch index 1: 1 regions but no tiles"):
+        mllm.visual_embeddings(None, [3, 0], [None, region])
+
+
+def test_context_token_count_mismatch_names_the_sample(model):
+    batch = collate([seg_sample(model), caption_sample(model)])
+    batch["prompt_masks"][1] = batch["prompt_masks"][1].clone()
+    batch["prompt_masks"][1][0, -1, -1] = 1  # one region cell more than the text has <IMG_CONTEXT> tokens for
+    with pytest.raises(ValueError, match=r"batch index 1: \d+ <IMG_CONTEXT> tokens but \d+ visual features"):
+        model(batch, mode="loss")
