@@ -430,3 +430,14 @@ def test_context_token_count_mismatch_names_the_sample(model):
     batch["prompt_masks"][1][0, -1, -1] = 1  # one region cell more than the text has <IMG_CONTEXT> tokens for
     with pytest.raises(ValueError, match=r"batch index 1: \d+ <IMG_CONTEXT> tokens but \d+ visual features"):
         model(batch, mode="loss")
+
+
+def test_sample_without_objects_adds_no_frame(model):
+    empty = seg_sample(model, n_masks=1)
+    ids = empty["input_ids"]
+    keep = ids != model.seg_token_idx  # the same sample with no [SEG] and no masks
+    empty.update(input_ids=ids[keep], labels=empty["labels"][keep], masks=empty["masks"][:0])
+    batch = collate([empty, seg_sample(model, n_masks=2)])
+    prompts, image_index, gt, frames = model._seg_embeddings(batch, torch.randn(2, batch["input_ids"].shape[1], 64))
+    assert frames.shape[0] == 1 and image_index.tolist() == [0, 0] and gt.shape[0] == 2
+    assert model._seg_embeddings(collate([empty]), torch.randn(1, len(empty["input_ids"]), 64)) is None

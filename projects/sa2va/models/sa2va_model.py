@@ -138,7 +138,8 @@ class VideoLLaVASAMModel(BaseModel):
             raise RuntimeError(f"pretrained_pth {path}: none of its {len(state)} keys match this model "
                                f"(first: {list(state)[:3]})")
         MMLogger.get_current_instance().info(
-            f"loaded {n_loaded} tensors from pretrained_pth {path}; {len(result.unexpected_keys)} unexpected keys ignored")
+            f"loaded {n_loaded} tensors from pretrained_pth {path}; "
+            f"{len(result.unexpected_keys)} unexpected keys ignored")
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, dtype=None) -> "VideoLLaVASAMModel":
@@ -160,7 +161,8 @@ class VideoLLaVASAMModel(BaseModel):
 
         Returns (prompts [N,C], image_index [N] into frames, gt [N,h,w] 0/1 float at the mask decoder's
         resolution, frames [F,3,S,S]) or None when the batch has nothing to segment. The loop over samples only
-        checks and collects indices on the host; each tensor is then gathered with one op (``benchmarks/step_ops.py``).
+        checks and collects indices on the host; each tensor is then gathered with one op
+        (``benchmarks/step_ops.py``). A sample with no object (0 masks, 0 [SEG]) contributes no frame.
         """
         input_ids = data["input_ids"]
         masks = data.get("masks") or [None] * input_ids.shape[0]
@@ -185,6 +187,8 @@ class VideoLLaVASAMModel(BaseModel):
                     raise ValueError(msg)
                 self.num_skipped_mismatch += 1
                 MMLogger.get_current_instance().warning(msg + f" -> skipped ({self.num_skipped_mismatch} so far)")
+                continue
+            if n_obj == 0:
                 continue
             rows = []
             for f in range(n_frames):  # masks are object-major: object o of frame f is row o * n_frames + f
