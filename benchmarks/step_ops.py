@@ -7,8 +7,10 @@ each kernel before the host has issued the next: the step time is the number of 
 host cost. This script builds the config's model, optimizer wrapper, datasets and collate, takes one segmentation
 and one caption batch, and for each runs ``model.train_step`` (forward, backward, clipping, AdamW):
 - ``ops``: aten operations dispatched in one step (views included), counted with a ``TorchDispatchMode``;
-- ``syncs``: of those, the ones that make the host wait for the device (``nonzero``, ``item``, boolean indexing,
-  ``.tolist()`` reads);
+- ``syncs``: of those, the dispatched ops that read a result's size or value on the host (``nonzero``,
+  ``_local_scalar_dense`` = ``.item()`` / ``.tolist()``, ...). On CUDA tensors each is a device sync; on CPU
+  tensors (AdamW's step counters) it is only an op. The ``nonzero`` inside boolean indexing is not dispatched
+  separately and is not counted;
 - ``ms``: wall time per step after ``--warmup`` steps (synchronised on CUDA).
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects"))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-# aten ops whose result size or value the host must read from the device
+# aten ops whose result size or value the host must read
 SYNC_OPS = ("nonzero", "_local_scalar_dense", "masked_select", "unique", "repeat_interleave")
 
 
