@@ -6,7 +6,8 @@
 Writes synthetic REFER data (``sa2va.datasets.synthetic``), keeps the 640x480 JPEG images (RefCOCO's typical
 COCO size: 12 tiles + thumbnail = 13 x 448 px tiles = 3328 image tokens), and reads items with real settings:
 448-px tiles, up to 12 tiles + thumbnail, SAM2 input 1024x1024, 5 refs per sample, qwen_chat template.
-``--uint8-tiles`` leaves the tiles as uint8 pixels (what the shipped configs do). ``--workers 0`` times
+``--uint8-tiles`` leaves the tiles as uint8 pixels (what the shipped configs do); ``--resize-backend torch`` resizes
+with torch's uint8 bicubic kernel instead of PIL. ``--workers 0`` times
 ``dataset[i]`` in this process (= one DataLoader worker's rate); ``--workers N`` also times a DataLoader with N
 workers and the real collate function. A per-stage breakdown of one item is printed too.
 The tokenizer defaults to the tiny test tokenizer (a real one gives nearly the same time: the sequence is
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-dynamic-patch", type=int, default=12)
     parser.add_argument("--uint8-tiles", action="store_true",
                         help="tiles as uint8 pixels (the configs' uint8_tiles=True; the model normalises them)")
+    parser.add_argument("--resize-backend", choices=("pil", "torch"), default="pil",
+                        help="resizes of the tiles and the SAM2 image: PIL (the original) or torch's uint8 bicubic")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one DataLoader worker = one thread of compute
 
@@ -61,8 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
         ds = ReferSegmDataset(paths["refcoco"], data_prefix=dict(img_path=paths["image_dir"]),
                               tokenizer=build_tokenizer(tok_dir), template="qwen_chat", max_length=8192,
                               tile_size=args.tile_size, max_dynamic_patch=args.max_dynamic_patch,
-                              extra_image_processor=dict(type=DirectResize, target_length=args.sam2_size), seed=0,
-                              uint8_tiles=args.uint8_tiles)
+                              extra_image_processor=dict(type=DirectResize, target_length=args.sam2_size,
+                                                         resize_backend=args.resize_backend), seed=0,
+                              uint8_tiles=args.uint8_tiles, resize_backend=args.resize_backend)
         # benchmark only 640x480 JPEGs (a subset of the synthetic records)
         ds.records = [r for r in ds.records if (r["width"], r["height"]) == (640, 480)
                       and r["file_name"].endswith(".jpg")]
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = dict(
             date=time.strftime("%Y-%m-%d"), cpu=platform.processor() or platform.machine(),
             cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), records_640x480=n,
-            items=args.items, uint8_tiles=args.uint8_tiles, samples_per_s_per_worker=round(per_worker, 2),
+            items=args.items, uint8_tiles=args.uint8_tiles, resize_backend=args.resize_backend,
+            samples_per_s_per_worker=round(per_worker, 2),
             tiles=int(item["pixel_values"].shape[0]), tokens=int(item["length"]),
             masks_per_item=float(np.mean([len(x["masks"]) for x in items])),
             stage_ms={k: round(v * 1e3, 2) for k, v in stages.items()},

@@ -15,6 +15,7 @@ from sa2va.datasets import (
     sam2_image_tensor,
     tokens_per_tile,
 )
+from sa2va.datasets.image_processing import normalize_tiles
 
 
 # ------------------------------------------------------------------ the reference algorithm, as the oracle
@@ -135,3 +136,32 @@ def test_uint8_tiles_are_the_raw_pixels_and_normalise_to_the_float_tiles():
     assert torch.equal(normalize_tiles(raw), TileProcessor(112)(image))
     with pytest.raises(TypeError, match="uint8"):
         normalize_tiles(raw.float())
+
+
+@pytest.mark.parametrize("size", [(640, 480), (640, 427), (500, 375), (1000, 200), (448, 448), (30, 700)])
+@pytest.mark.parametrize("tile, max_tiles", [(448, 12), (112, 12), (224, 1)])
+def test_torch_resize_backend_makes_the_same_tiles_within_a_few_levels(size, tile, max_tiles):
+    """resize_backend='torch': same grid, order and thumbnail; pixels within a few levels of PIL's."""
+    image = _image(*size, seed=1)
+    pil = TileProcessor(tile, max_tiles, normalize=False)(image)
+    fast = TileProcessor(tile, max_tiles, normalize=False, resize_backend="torch")(image)
+    assert fast.shape == pil.shape and fast.dtype == torch.uint8 and fast.is_contiguous()
+    diff = (fast.int() - pil.int()).abs().float()
+    thin = size == (30, 700)  # ~15x upsampling: the two bicubic kernels differ most
+    assert diff.mean() < (0.2 if thin else 0.05) and diff.max() <= (24 if thin else 4), (diff.mean(), diff.max())
+    normalized = TileProcessor(tile, max_tiles, resize_backend="torch")(image)
+    assert normalized.dtype == torch.float32 and torch.equal(normalized, normalize_tiles(fast))
+    no_thumb = TileProcessor(tile, max_tiles, use_thumbnail=False, normalize=False, resize_backend="torch")(image)
+    assert torch.equal(no_thumb, fast[:-1] if fast.shape[0] > 1 else fast)
+
+
+def test_torch_resize_backend_for_sam2_and_bad_backend():
+    image = np.asarray(_image(640, 480))
+    for side in (256, 1024):
+        fast = DirectResize(side, resize_backend="torch").apply_image(image)
+        assert fast.shape == (side, side, 3) and fast.dtype == np.uint8
+        assert np.abs(fast.astype(int) - DirectResize(side).apply_image(image).astype(int)).max() <= 2
+    with pytest.raises(ValueError, match="resize_backend"):
+        DirectResize(256, resize_backend="cv2")
+    with pytest.raises(ValueError, match="resize_backend"):
+        TileProcessor(resize_backend="opencv")

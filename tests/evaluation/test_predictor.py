@@ -145,3 +145,25 @@ def test_bf16_llm_with_fp32_mask_head(tiny_models):
     assert model.mllm.lm_head.weight.dtype == torch.bfloat16 and model.text_hidden_fcs[0].weight.dtype == torch.float32
     pred = _predictor(model, answer_ids(model.tokenizer, "Sure, [SEG].")).predict(make_image(), QUESTION)
     assert pred.masks.shape == (1, 90, 130)
+
+
+def test_evaluation_predictor_resizes_as_the_training_dataset(tiny_model, monkeypatch):
+    """predictor_for takes the dataset's resize backend; the SAM2 input then uses it too."""
+    from types import SimpleNamespace
+
+    from sa2va.datasets import TileProcessor
+    from sa2va.evaluation.refer_eval import predictor_for
+    from sa2va.inference import predictor as predictor_module
+
+    dataset = SimpleNamespace(template="qwen_chat", tile_processor=TileProcessor(
+        tiny_model.mllm.tile_size, 4, resize_backend="torch"))
+    pred = predictor_for(tiny_model, dataset)
+    assert pred.tile_processor.resize_backend == "torch" and pred.tile_processor.max_tiles == 4
+    backends = []
+    real = predictor_module.sam2_image_tensor
+    monkeypatch.setattr(predictor_module, "sam2_image_tensor",
+                        lambda image, size, backend: backends.append(backend) or real(image, size, backend))
+    tok = tiny_model.tokenizer
+    pred.logits_processor = ForceTokens(answer_ids(tok, "Sure, [SEG]."))
+    out = pred.predict(make_image(), QUESTION)
+    assert backends == ["torch"] and tuple(out.masks.shape) == (1, 90, 130)

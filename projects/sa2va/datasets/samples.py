@@ -66,6 +66,8 @@ class SampleBuilder:
 
     def sam2_image(self, image: Image.Image) -> torch.Tensor:
         """SAM2 input, ``uint8 [3, S, S]``."""
+        if hasattr(self.sam2_processor, "chw_tensor"):  # DirectResize: straight to the channels-first layout
+            return self.sam2_processor.chw_tensor(np.asarray(image))
         resized = self.sam2_processor.apply_image(np.asarray(image))  # [S, S, 3] uint8
         return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).contiguous()
 

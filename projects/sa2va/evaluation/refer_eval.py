@@ -36,7 +36,7 @@ def predictor_for(model_or_predictor, dataset=None, **kwargs) -> Sa2VAPredictor:
     if dataset is not None and hasattr(dataset, "template"):
         tp = dataset.tile_processor
         settings.update(template=dataset.template, max_dynamic_patch=tp.max_tiles, min_dynamic_patch=tp.min_tiles,
-                        use_thumbnail=tp.use_thumbnail)
+                        use_thumbnail=tp.use_thumbnail, resize_backend=tp.resize_backend)
     return Sa2VAPredictor(model_or_predictor, **{**settings, **kwargs})
 
 

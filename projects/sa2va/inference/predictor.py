@@ -102,11 +102,13 @@ class Sa2VAPredictor:
         batch_size: prompts decoded together (same image); 1 disables batching.
         system: optional system text.
         logits_processor: optional ``f(input_ids, scores) -> scores`` applied at every decoding step.
+        resize_backend: ``'pil'`` or ``'torch'``, the image resizes of tiles and SAM2 input, as in training
+            (:class:`~sa2va.datasets.TileProcessor`).
     """
 
     def __init__(self, model, template="qwen_chat", max_new_tokens: int = 512, max_dynamic_patch: int = 12,
                  min_dynamic_patch: int = 1, use_thumbnail: bool = True, batch_size: int = 8, system: str = "",
-                 logits_processor: Callable | None = None):
+                 logits_processor: Callable | None = None, resize_backend: str = "pil"):
         self.model = _unwrap(model)
         self.tokenizer = self.model.tokenizer
         self.template = get_template(template, tokenizer=self.tokenizer)
@@ -117,7 +119,7 @@ class Sa2VAPredictor:
         mllm = self.model.mllm
         # uint8 tiles: the model normalises them on its device (as in training with uint8_tiles)
         self.tile_processor = TileProcessor(mllm.tile_size, max_dynamic_patch, min_dynamic_patch, use_thumbnail,
-                                            normalize=False)
+                                            normalize=False, resize_backend=resize_backend)
         self.seg_token_id = self.model.seg_token_idx
         self.stop = StopCondition(self.tokenizer, self.template["STOP_WORDS"])
         pad = self.tokenizer.pad_token_id
@@ -244,7 +246,7 @@ class Sa2VAPredictor:
             return [torch.zeros(0, height, width, dtype=torch.bool) for _ in counts]
         model = self.model
         runner = model.grounding_encoder
-        g = sam2_image_tensor(image, runner.image_size)[None].to(self.device)  # [1, 3, S, S] uint8
+        g = sam2_image_tensor(image, runner.image_size, self.tile_processor.resize_backend)[None].to(self.device)
         features = runner.encode_images(g)
         fcs_dtype = model.text_hidden_fcs[0].weight.dtype  # may differ from the LLM's (bf16 LLM, fp32 head)
         prompts = model.text_hidden_fcs(torch.cat(list(seg_hidden)).to(fcs_dtype))  # [N, C]
