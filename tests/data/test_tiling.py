@@ -160,6 +160,7 @@ def test_torch_resize_backend_for_sam2_and_bad_backend():
     for side in (256, 1024):
         fast = DirectResize(side, resize_backend="torch").apply_image(image)
         assert fast.shape == (side, side, 3) and fast.dtype == np.uint8
+        assert DirectResize(side, resize_backend="torch").chw_tensor(image).is_contiguous()
         assert np.abs(fast.astype(int) - DirectResize(side).apply_image(image).astype(int)).max() <= 2
     with pytest.raises(ValueError, match="resize_backend"):
         DirectResize(256, resize_backend="cv2")

@@ -138,6 +138,7 @@ class TileProcessor:
     def _torch_tiles(self, image: Image.Image) -> torch.Tensor:
         """The processor's tiling (its grid choice, row-major crops, thumbnail last) with torch resizes."""
         s = self.tile_size
+        # the PIL processor's own grid choice (tie rule included), from the module that defines it
         get_optimal_tiled_canvas = importlib.import_module(type(_tiler(s, 1, 1)).__module__).get_optimal_tiled_canvas
         pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # [3, H, W] uint8
         cols, rows = get_optimal_tiled_canvas(tuple(pixels.shape[1:]), (s, s), self.min_tiles, self.max_tiles)
@@ -172,7 +173,7 @@ class DirectResize:
             raise ValueError(f"DirectResize expects a uint8 HxWx3 array, got {image.dtype} {tuple(image.shape)}")
         side = self.target_length
         if self.resize_backend == "torch":
-            return torch_bicubic_resize(_read_only_tensor(image).permute(2, 0, 1), side, side)
+            return torch_bicubic_resize(_read_only_tensor(image).permute(2, 0, 1), side, side).contiguous()
         resized = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BICUBIC))
         return _read_only_tensor(resized).permute(2, 0, 1).contiguous()
 
