@@ -320,16 +320,24 @@ def _raise_stopped(signum, frame):
     raise Stopped()
 
 
-def child_env(index: int, n_runs: int, gpus: int, environ=None) -> dict:
+def child_env(index: int, n_runs: int, gpus: int, environ=None, loader_workers: int = 0) -> dict:
     """Environment of run ``index``: its GPU (round-robin when several are visible) and, unless the caller set
     OMP_NUM_THREADS, a share of the host's cores for torch's intra-op threads. Without it every run (a single
     process, which mmengine leaves at torch's default) uses all cores: four runs on the 64-core 4-GPU host then
-    took 90-120 s for a generation evaluation that takes ~15 s alone."""
+    took 90-120 s for a generation evaluation that takes ~15 s alone.
+
+    On CPU (``gpus == 0``) the runs compute with their threads: half the cores for them, half for the loaders.
+    With GPUs a run's threads matter little and its ``loader_workers`` (one core each) are what keeps the GPU fed:
+    the runs share what the workers leave (tenth session: 2 runs x 14 workers on 32 cores -> 2 threads each);
+    half, as on CPU, when the worker count is not given.
+    """
     env = dict(os.environ if environ is None else environ)
     if gpus > 1:
         env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-    if "OMP_NUM_THREADS" not in env:  # half the cores for the runs' threads, half for their loader workers
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (2 * n_runs)))
+    if "OMP_NUM_THREADS" not in env:
+        cores = os.cpu_count() or 1
+        spare = cores - n_runs * loader_workers if gpus and loader_workers else cores // 2
+        env["OMP_NUM_THREADS"] = str(max(1, spare // n_runs))
     return env
 
 
@@ -371,6 +379,7 @@ def main() -> None:
     print(f"assets {made} ready after {time.time() - t0:.0f} s", flush=True)
 
     procs, gpus = {}, torch.cuda.device_count()
+    workers = [variant_config(opts).train_dataloader.num_workers for _, opts in specs]
     for k, (spec, (name, _)) in enumerate(zip(args.runs, specs)):
         run_dir = os.path.join(args.out, name)
         shutil.rmtree(work_dir_of(run_dir, name), ignore_errors=True)
@@ -378,7 +387,7 @@ def main() -> None:
         log = open(os.path.join(run_dir, "train.log"), "w")
         procs[name] = (subprocess.Popen([sys.executable, __file__, "--child", spec, "--work-dir",
                                          work_dir_of(run_dir, name)], stdout=log, stderr=subprocess.STDOUT,
-                                        env=child_env(k, len(specs), gpus)),
+                                        env=child_env(k, len(specs), gpus, loader_workers=workers[k])),
                        run_dir, log)
     signal.signal(signal.SIGTERM, _raise_stopped)  # e.g. `timeout`: stop the runs, keep what they logged
     stopped = False

@@ -158,6 +158,10 @@ def test_child_env_deals_gpus_and_shares_the_cores(monkeypatch):
     assert sweep.child_env(0, 1, gpus=1, environ={})["OMP_NUM_THREADS"] == "32"
     assert "CUDA_VISIBLE_DEVICES" not in sweep.child_env(0, 1, gpus=1, environ={})
     assert sweep.child_env(0, 4, gpus=4, environ={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the caller's
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 32)  # GPUs: the cores the loader workers leave
+    assert sweep.child_env(0, 2, gpus=2, environ={}, loader_workers=14)["OMP_NUM_THREADS"] == "2"
+    assert sweep.child_env(0, 2, gpus=2, environ={}, loader_workers=20)["OMP_NUM_THREADS"] == "1"
+    assert sweep.child_env(0, 2, gpus=0, environ={}, loader_workers=14)["OMP_NUM_THREADS"] == "8"  # CPU: half
     monkeypatch.setattr(sweep.os, "cpu_count", lambda: 2)
     assert sweep.child_env(0, 4, gpus=0, environ={})["OMP_NUM_THREADS"] == "1"
 
