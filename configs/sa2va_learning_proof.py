@@ -42,9 +42,9 @@ with read_base():
 #   (exact match 0.20-0.22 at 1000 iterations, shape at chance); trained alone they learn every word within a few
 #   hundred iterations (exact match 0.94 at 1570, ninth session). So 400 caption-only iterations come first
 #   (TaskCurriculumSampler), then both tasks: one run gave cIoU 0.747 and exact match 0.694 (shape 0.69)
-#   at iteration 1500 (ninth session); four more runs (seeds 0-3) gave exact match 0.72 / 0.72 / 0.75 / 0.82 but cIoU
-#   0.51 / 0.50 / 0.23 / 0.25 (tenth session): the captions now learn in every run, while the [SEG] path leaves
-#   its "segment every shape" plateau in some runs only (3 of 5);
+#   at iteration 1500 (ninth session); four more runs (seeds 0 / 1 / 2 / 3) gave exact match
+#   0.75 / 0.72 / 0.72 / 0.82 but cIoU 0.23 / 0.51 / 0.50 / 0.25 (tenth session): the captions now learn in
+#   every run, while the [SEG] path leaves its "segment every shape" plateau in some runs only (3 of 5);
 # - batch 64: the small model's step is bound by the host (0.17 s at batch 16, ~0.3 s at 64 alone on an H100),
 #   so 4x the batch is ~2.5x the samples per second. With the tenth session's fewer ops per step (below) it
 #   steps at ~0.25 s/it, half of it waiting for data: 1500 iterations take ~375 s.
@@ -61,7 +61,7 @@ data_root = assets + '/data/'
 tile_size = internvl_size['image_size']
 max_dynamic_patch = 1          # one 224-px tile of the whole image = 64 image tokens (regions use this grid too)
 batch_size = 64
-dataloader_num_workers = 14   # with 10 the faster step waited for data 0.07-0.17 s/it on a 16-core H100 host
+dataloader_num_workers = 14   # with 10 the faster step waited ~0.11 s/it for data on a 16-core H100 host
 max_iters = 1500
 caption_first_iters = 400   # the region captions alone first, then both tasks (see above)
 max_train_seconds = 480     # the budget is <= 10 min on one H100: stop there even if max_iters is not reached

@@ -170,7 +170,7 @@ class VideoLLaVASAMModel(BaseModel):
         is_seg = input_ids == self.seg_token_idx  # [B,L]
         seg_counts = is_seg.sum(1).tolist()
         seg_start = [0, *itertools.accumulate(seg_counts)]  # row of each sample's first [SEG] in hidden[is_seg]
-        prompt_rows, image_index, frames, gt_rows = [], [], [], []  # gt_rows: (sample, rows of its mask stack)
+        prompt_rows, image_index, frames, gt_parts = [], [], [], []  # gt_parts: (mask stack, its rows to use)
         for i, (m, g, n_seg) in enumerate(zip(masks, g_pixels, seg_counts)):
             if m is None or g is None:
                 if n_seg and m is None and g is not None:
@@ -197,7 +197,7 @@ class VideoLLaVASAMModel(BaseModel):
                 rows += [o * n_frames + f for o in objects]
                 image_index += [len(frames)] * len(objects)
                 frames.append(g if g.dim() == 3 else g[f])
-            gt_rows.append((i, rows))
+            gt_parts.append((m, rows))
         if not prompt_rows:
             return None
         device = hidden.device
@@ -205,7 +205,7 @@ class VideoLLaVASAMModel(BaseModel):
         if prompt_rows != list(range(prompts.shape[0])):  # skipped samples, or a fixed object number
             prompts = prompts.index_select(0, torch.tensor(prompt_rows, device=device))
         side = self.grounding_encoder.image_size // 4  # the mask decoder's low-res logits
-        gt = self._gather_masks([(masks[i], rows) for i, rows in gt_rows], (side, side))
+        gt = self._gather_masks(gt_parts, (side, side))
         return prompts, torch.tensor(image_index, device=device), gt, torch.stack(frames)
 
     @staticmethod
