@@ -9,7 +9,7 @@
 from mmengine.config import read_base
 
 from sa2va.datasets import TaskCurriculumSampler
-from sa2va.engine import MergedGroupsOptimWrapperConstructor, TrainTimeLimitHook
+from sa2va.engine import GroupLrStepHook, MergedGroupsOptimWrapperConstructor, TrainTimeLimitHook
 
 with read_base():
     from .sa2va_demo import *  # noqa: F401,F403
@@ -62,7 +62,7 @@ tile_size = internvl_size['image_size']
 max_dynamic_patch = 1          # one 224-px tile of the whole image = 64 image tokens (regions use this grid too)
 batch_size = 64
 dataloader_num_workers = 14   # with 10 the faster step waited ~0.11 s/it for data on a 16-core H100 host
-max_iters = 1500
+max_iters = 2000
 caption_first_iters = 400   # the region captions alone first, then both tasks (see above)
 max_train_seconds = 480     # the budget is <= 10 min on one H100: stop there even if max_iters is not reached
 lr = 5e-4
@@ -71,6 +71,8 @@ warmup_iters = 100
 save_steps = 1000
 mask_loss_scale = 25        # x the recipe's mask-loss weights (2.0 sigmoid-CE, 0.5 Dice), see above
 decoder_lr_mult = 0.1
+decoder_lr_step = dict(at_iter=1000, factor=3.0)  # the decoder at lr x0.3 from iteration 1000 on (see above)
+seg_questions_per_sample = 3  # the original's several questions per image (up to 3 of its 2-4 shapes)
 log_interval = 50
 
 tokenizer.pretrained_model_name_or_path = path  # noqa: F405
@@ -96,7 +98,7 @@ common = dict(tokenizer=tokenizer, template=template, max_length=max_length, til
               max_dynamic_patch=max_dynamic_patch, uint8_tiles=True, resize_backend=resize_backend)
 refcocog_seg = dict(type=ReferSegmDataset, data_root=data_root + 'ref_seg/refcocog', split_file='refs(umd).p',  # noqa
                     data_prefix=dict(img_path='../../coco2014/train2014/'), extra_image_processor=sam2_processor,
-                    num_classes_per_sample=1, split='train', name='refcocog', **common)
+                    num_classes_per_sample=seg_questions_per_sample, split='train', name='refcocog', **common)
 refcocog_caption = dict(type=ReferRegionCaptionDataset, data_root=data_root + 'ref_seg/refcocog',  # noqa: F405
                         split_file='refs(umd).p', data_prefix=dict(img_path='../../coco2014/train2014/'),
                         num_classes_per_sample=1, split='train', name='refcocog_region_caption', **common)
@@ -128,8 +130,9 @@ train_cfg = dict(type=TrainLoop, max_iters=max_iters)  # noqa: F405
 default_hooks.logger.interval = log_interval  # noqa: F405
 default_hooks.checkpoint.update(interval=save_steps, max_keep_ckpts=1)  # noqa: F405
 log_processor = dict(by_epoch=False, window_size=log_interval)
-refcocog_val = dict(refcocog_seg, split='val', name='refcocog_val')
+refcocog_val = dict(refcocog_seg, split='val', name='refcocog_val', num_classes_per_sample=1)  # one question per item
 custom_hooks = [dict(type=ReferEvalHook, datasets=dict(refcocog_val=refcocog_val),  # noqa: F405
                      caption_datasets=dict(refcocog_val=dict(refcocog_caption, split='val')),
                      interval=0, max_items=60, max_new_tokens=24),
-                dict(type=TrainTimeLimitHook, max_seconds=max_train_seconds)]
+                dict(type=TrainTimeLimitHook, max_seconds=max_train_seconds),
+                dict(type=GroupLrStepHook, key='sam_mask_decoder', **decoder_lr_step)]

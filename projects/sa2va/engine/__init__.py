@@ -2,10 +2,11 @@ from .checkpoint import AtomicCheckpointHook, find_resumable_checkpoint, registe
 from .eval_hook import ReferEvalHook
 from .hooks import DatasetSummaryHook, LossCurveHook, ThroughputHook, TrainTimeLimitHook
 from .loops import TrainLoop
-from .optim import MergedGroupsOptimWrapperConstructor
+from .optim import GroupLrStepHook, MergedGroupsOptimWrapperConstructor
 from .resume_state import ResumeStateHook
 from .runner import build_runner, prepare_config
 
-__all__ = ["AtomicCheckpointHook", "DatasetSummaryHook", "LossCurveHook", "MergedGroupsOptimWrapperConstructor",
-           "ReferEvalHook", "ResumeStateHook", "ThroughputHook", "TrainLoop", "TrainTimeLimitHook", "build_runner",
-           "find_resumable_checkpoint", "prepare_config", "register_checkpoint_safe_globals"]
+__all__ = ["AtomicCheckpointHook", "DatasetSummaryHook", "GroupLrStepHook", "LossCurveHook",
+           "MergedGroupsOptimWrapperConstructor", "ReferEvalHook", "ResumeStateHook", "ThroughputHook", "TrainLoop",
+           "TrainTimeLimitHook", "build_runner", "find_resumable_checkpoint", "prepare_config",
+           "register_checkpoint_safe_globals"]

@@ -1,9 +1,11 @@
-"""Optimizer construction: mmengine's paramwise options without one parameter group per tensor."""
+"""Optimizer construction (mmengine's paramwise options without one parameter group per tensor) and a one-off
+learning-rate step for the parameter groups of one part of the model."""
 from __future__ import annotations
 
+from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -34,3 +36,48 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         MMLogger.get_current_instance().info(
             f"optimizer: {len(per_tensor)} parameter tensors in {len(merged)} groups "
             f"({', '.join(str(len(g['params'])) for g in merged.values())} tensors)")
+
+
+@HOOKS.register_module()
+class GroupLrStepHook(Hook):
+    """Multiply the learning rate of the parameter groups that hold the parameters named ``*key*`` by ``factor``,
+    once, before iteration ``at_iter`` (0-based, i.e. ``runner.iter``).
+
+    For a part of the model that should start slower than the rest and catch up later, e.g. the learning proof's
+    SAM2 mask decoder (``paramwise_cfg`` lr x0.1 from the start, x0.3 from iteration 1000: see
+    ``configs/sa2va_learning_proof.py``). mmengine's schedulers (``LinearLR``, ``CosineAnnealingLR``, ...) update
+    each group's current ``lr`` multiplicatively, so the step carries through the rest of the schedule. A resumed
+    run gets the stepped ``lr`` back with the optimizer state; the hook steps only at ``at_iter`` itself.
+
+    Every parameter of a matched group must match ``key`` (a group that also holds other parameters would step
+    them too): give the part its own group with a ``paramwise_cfg`` ``custom_keys`` entry.
+    """
+
+    def __init__(self, key: str, at_iter: int, factor: float):
+        if at_iter < 0 or factor <= 0:
+            raise ValueError(f"GroupLrStepHook: need at_iter >= 0 and factor > 0, got at_iter={at_iter}, "
+                             f"factor={factor}")
+        self.key, self.at_iter, self.factor = key, int(at_iter), float(factor)
+
+    def matched_groups(self, model, param_groups: list[dict]) -> list[dict]:
+        names = {id(p): n for n, p in model.named_parameters()}
+        matched = []
+        for i, group in enumerate(param_groups):
+            hits = [self.key in names.get(id(p), "") for p in group["params"]]
+            if any(hits) and not all(hits):
+                other = next(names.get(id(p), "?") for p, h in zip(group["params"], hits) if not h)
+                raise ValueError(f"GroupLrStepHook: parameter group {i} holds parameters matching {self.key!r} and "
+                                 f"others (e.g. {other}); give {self.key!r} its own group (paramwise_cfg custom_keys)")
+            if hits and all(hits):
+                matched.append(group)
+        if not matched:
+            raise ValueError(f"GroupLrStepHook: no parameter group holds parameters matching {self.key!r}")
+        return matched
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter != self.at_iter:
+            return
+        for group in self.matched_groups(runner.model, runner.optim_wrapper.param_groups):
+            group["lr"] *= self.factor
+        runner.logger.info(f"GroupLrStepHook: learning rate of the {self.key!r} parameters x{self.factor:g} from "
+                           f"iteration {self.at_iter + 1}")
