@@ -60,3 +60,55 @@ def test_fused_adamw_matches_foreach():
     foreach = _wrapper(model, MergedGroupsOptimWrapperConstructor)
     fused = _wrapper(twin, MergedGroupsOptimWrapperConstructor, fused=True)
     _assert_same_training(model, foreach, twin, fused)
+
+
+class _Runner:
+    """What GroupLrStepHook reads from an mmengine Runner."""
+
+    def __init__(self, model, optim_wrapper):
+        from mmengine.logging import MMLogger
+
+        self.model, self.optim_wrapper, self.iter = model, optim_wrapper, 0
+        self.logger = MMLogger.get_current_instance()
+
+
+def test_group_lr_step_hook_steps_the_matched_group_once_and_the_schedule_carries_it():
+    from mmengine.optim import CosineAnnealingLR
+
+    from sa2va.engine import GroupLrStepHook
+
+    model = _Net()
+    wrapper = _wrapper(model, MergedGroupsOptimWrapperConstructor)
+    scheduler = CosineAnnealingLR(wrapper.optimizer, T_max=10, eta_min=0.0, by_epoch=False)
+    runner = _Runner(model, wrapper)
+    hook = GroupLrStepHook(key="decoder", at_iter=4, factor=3.0)
+    ratios = []
+    for it in range(10):
+        runner.iter = it
+        hook.before_train_iter(runner, it)
+        encoder, _, decoder = wrapper.optimizer.param_groups
+        ratios.append(decoder["lr"] / encoder["lr"])
+        wrapper.update_params(model(torch.randn(4, 4)).pow(2).mean())
+        scheduler.step()
+    # x0.1 of the encoder's lr before iteration 4, x0.3 from it on, through the cosine steps
+    assert [round(r, 6) for r in ratios] == [0.1] * 4 + [0.3] * 6
+    runner.iter = 5  # only at_iter itself steps (a run resumed later gets the stepped lr with the optimizer state)
+    before = [g["lr"] for g in wrapper.optimizer.param_groups]
+    hook.before_train_iter(runner, 5)
+    assert [g["lr"] for g in wrapper.optimizer.param_groups] == before
+
+
+def test_group_lr_step_hook_refuses_groups_it_cannot_step_alone():
+    import pytest
+
+    from sa2va.engine import GroupLrStepHook
+
+    model = _Net()
+    one_group = build_optim_wrapper(model, dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-2)))
+    with pytest.raises(ValueError, match="group 0 holds parameters matching 'decoder' and others"):
+        GroupLrStepHook(key="decoder", at_iter=0, factor=2.0).before_train_iter(_Runner(model, one_group), 0)
+    split = _wrapper(model, MergedGroupsOptimWrapperConstructor)
+    with pytest.raises(ValueError, match="no parameter group holds parameters matching 'sam_mask_decoder'"):
+        GroupLrStepHook(key="sam_mask_decoder", at_iter=0, factor=2.0).before_train_iter(_Runner(model, split), 0)
+    with pytest.raises(ValueError, match="factor > 0"):
+        GroupLrStepHook(key="decoder", at_iter=3, factor=0.0)
