@@ -106,7 +106,7 @@ def test_group_lr_step_hook_refuses_groups_it_cannot_step_alone():
     model = _Net()
     one_group = build_optim_wrapper(model, dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-2)))
     with pytest.raises(ValueError, match="group 0 holds parameters matching 'decoder' and others"):
-        GroupLrStepHook(key="decoder", at_iter=0, factor=2.0).before_train_iter(_Runner(model, one_group), 0)
+        GroupLrStepHook(key="decoder", at_iter=500, factor=2.0).before_train(_Runner(model, one_group))
     split = _wrapper(model, MergedGroupsOptimWrapperConstructor)
     with pytest.raises(ValueError, match="no parameter group holds parameters matching 'sam_mask_decoder'"):
         GroupLrStepHook(key="sam_mask_decoder", at_iter=0, factor=2.0).before_train_iter(_Runner(model, split), 0)

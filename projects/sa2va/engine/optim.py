@@ -50,7 +50,9 @@ class GroupLrStepHook(Hook):
     run gets the stepped ``lr`` back with the optimizer state; the hook steps only at ``at_iter`` itself.
 
     Every parameter of a matched group must match ``key`` (a group that also holds other parameters would step
-    them too): give the part its own group with a ``paramwise_cfg`` ``custom_keys`` entry.
+    them too): give the part its own group with a ``paramwise_cfg`` ``custom_keys`` entry. The groups are checked
+    when training starts. The groups are found by their parameters, so the hook works with mmengine's
+    ``OptimWrapper`` / ``AmpOptimWrapper``, not under DeepSpeed ZeRO (whose optimizer holds flattened partitions).
     """
 
     def __init__(self, key: str, at_iter: int, factor: float):
@@ -71,8 +73,12 @@ class GroupLrStepHook(Hook):
             if hits and all(hits):
                 matched.append(group)
         if not matched:
-            raise ValueError(f"GroupLrStepHook: no parameter group holds parameters matching {self.key!r}")
+            raise ValueError(f"GroupLrStepHook: no parameter group holds parameters matching {self.key!r} (under "
+                             f"DeepSpeed ZeRO the groups hold flattened partitions: use mmengine's OptimWrapper)")
         return matched
+
+    def before_train(self, runner):
+        self.matched_groups(runner.model, runner.optim_wrapper.param_groups)  # a wrong setup fails now, not later
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         if runner.iter != self.at_iter:
