@@ -25,7 +25,9 @@ A run is ``NAME:key=value,...``. Keys:
             0: both tasks from the start)
   eval_items=N       images (and regions) of the end-of-training generation evaluation
   tf_every=N         every N iterations, held-out cIoU with the answer teacher-forced (no generation, ~1 s):
-            the [SEG] path's learning curve, logged as "teacher-forced val" lines and OUT/<name>/tf_eval.jsonl
+            the [SEG] path's learning curve, logged as "teacher-forced val" lines and OUT/<name>/tf_eval.jsonl,
+            with the share of objects segmented right / over-segmented / wrong / empty and the mean pixel
+            precision and recall (which plateau a run sits on)
   anything else is a dotted config key (``optim_wrapper.optimizer.lr=1e-3``), as ``--cfg-options``.
 The runs train concurrently (one process each; the small model leaves the GPU mostly idle, so they share it; with
 several visible GPUs the runs are dealt round-robin, one GPU each), each
@@ -48,6 +50,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
@@ -195,11 +198,35 @@ def variant_config(options: dict):
 
 
 # ----------------------------------------------------------------------------------------------- quick eval
+MASK_OUTCOMES = ("right", "over", "wrong", "empty")
+
+
+def mask_outcome(pred: torch.Tensor, gt: torch.Tensor) -> tuple[str, float, float]:
+    """One predicted object mask against its target (both bool [H,W]) -> (kind, pixel precision, pixel recall).
+
+    kind: ``right`` (IoU >= 0.5), ``over`` (the target plus more: recall >= 0.5, precision < 0.5), ``wrong`` (a
+    wrong object, a part, a rough outline or a miss) or ``empty`` (no pixel predicted; precision counts as 0).
+    """
+    inter = float((pred & gt).sum())
+    n_pred, n_gt = float(pred.sum()), float(gt.sum())
+    precision = inter / n_pred if n_pred else 0.0
+    recall = inter / n_gt if n_gt else 0.0
+    if not n_pred:
+        return "empty", precision, recall
+    if inter / (n_pred + n_gt - inter) >= 0.5:
+        return "right", precision, recall
+    return ("over" if recall >= 0.5 and precision < 0.5 else "wrong"), precision, recall
+
+
 @HOOKS.register_module()
 class TeacherForcedSegEval(Hook):
     """Held-out cIoU with the answer teacher-forced: the dataset's own "...[SEG]." target is the input, the model
     predicts one mask per [SEG] (``predict_masks``), scored at the SAM2 input resolution. No text generation, so it
-    is cheap enough to run every few hundred iterations; the final ReferEvalHook numbers are the real ones."""
+    is cheap enough to run every few hundred iterations; the final ReferEvalHook numbers are the real ones.
+
+    Each record also says what kind of mistakes the masks make (:func:`mask_outcome`): the share of objects
+    segmented right, over-segmented (the target plus other shapes), wrong or missed, and empty, with the mean pixel
+    precision and recall, which tell the "segment every shape" and "target plus one more" plateaus apart."""
 
     priority = "LOW"
 
@@ -222,6 +249,7 @@ class TeacherForcedSegEval(Hook):
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         model.eval()
         metric = ReferSegMetric()
+        outcomes, precision, recall = Counter(), [], []
         n = min(self.max_items, len(self.dataset))
         for start in range(0, n, self.batch_size):
             items = [self.dataset[i] for i in range(start, min(start + self.batch_size, n))]
@@ -230,8 +258,15 @@ class TeacherForcedSegEval(Hook):
                 pred = F.interpolate(pred[:, None].float(), size=gt.shape[-2:], mode="bilinear")[:, 0] > 0
                 for k in range(gt.shape[0]):  # one [SEG] per object
                     metric.add(pred[k], gt[k], key=(start + i, k))
+                    kind, p, r = mask_outcome(pred[k], gt[k])
+                    outcomes[kind] += 1
+                    precision.append(p)
+                    recall.append(r)
         model.train()
-        record = dict(iter=runner.iter + 1, cIoU=round(metric.compute()["cIoU"], 4), items=n)
+        objects = max(1, len(recall))
+        record = dict(iter=runner.iter + 1, cIoU=round(metric.compute()["cIoU"], 4), items=n,
+                      outcomes={k: round(outcomes[k] / objects, 3) for k in MASK_OUTCOMES},
+                      precision=round(sum(precision) / objects, 3), recall=round(sum(recall) / objects, 3))
         runner.logger.info(f"teacher-forced val {json.dumps(record)}")
         with open(os.path.join(runner.work_dir, "tf_eval.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
