@@ -231,10 +231,10 @@ def bench(model, variant, batch, micro_batch, ckpt, steps, warmup, uint8_tiles=F
         p.grad = torch.zeros_like(p)
     t_opt = cuda_time(opt.step, 3)
     opt.zero_grad(set_to_none=True)
-    del opt
+    opt = None  # free the optimizer state before counting FLOPs
     torch.cuda.empty_cache()
     flops = count_flops(model, data)
-    del data
+    data = None
     torch.cuda.empty_cache()
     return dict(variant=variant, batch=batch, micro_batch=micro_batch, grad_ckpt=ckpt, uint8_tiles=uint8_tiles,
                 tokens=tokens, trainable_params_M=round(n_trainable / 1e6, 1), step_s=round(t_step, 4),

@@ -26,7 +26,8 @@ def parse_args(argv=None):
                    help="dtype of the InternVL weights (SAM2 stays fp32); default bf16")
     p.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="safetensors shard size (default 5GB)")
     p.add_argument("--template", default=None, help="prompt template name to record (default: the config's)")
-    p.add_argument("--max-tiles", type=int, default=None, help="max image tiles to record (default: the config's or 12)")
+    p.add_argument("--max-tiles", type=int, default=None,
+                   help="max image tiles to record (default: the config's or 12)")
     return p.parse_args(argv)
 
 

@@ -105,9 +105,11 @@ def test_dist_sh_two_processes_on_cpu(tmp_path, demo_assets):
     cwd = _workdir(tmp_path, demo_assets, "dist")
     env = dict(os.environ, DEEPSPEED="none")
     cmd = ["bash", str(REPO / "tools" / "dist.sh"), "train", str(REPO / "configs" / "sa2va_demo.py"), "2",
-           "--work-dir", "run", "--cfg-options", *OPTS[:2], "train_cfg.max_iters=4", "default_hooks.checkpoint.interval=4"]
+           "--work-dir", "run", "--cfg-options", *OPTS[:2], "train_cfg.max_iters=4",
+           "default_hooks.checkpoint.interval=4"]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (cwd / "run" / "iter_4.pth.complete").is_file()
     log = proc.stdout + proc.stderr
-    assert "world_size: 2" in log or "'world_size': 2" in log or "Distributed launcher: pytorch" in log or "Iter(train) [4/4]" in log
+    assert ("world_size: 2" in log or "'world_size': 2" in log or "Distributed launcher: pytorch" in log
+            or "Iter(train) [4/4]" in log)

@@ -27,7 +27,8 @@ def tiny_native_internvl(tokenizer, text_arch: str = "qwen2", qk_norm: bool = Fa
 
     vision = InternVLVisionConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=[112, 112],
-        patch_size=[14, 14], attention_bias=True, use_qk_norm=qk_norm, norm_type="rms_norm" if qk_norm else "layer_norm",
+        patch_size=[14, 14], attention_bias=True, use_qk_norm=qk_norm,
+        norm_type="rms_norm" if qk_norm else "layer_norm",
         layer_scale_init_value=0.1, use_mean_pooling=True)
     common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,

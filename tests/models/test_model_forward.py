@@ -73,9 +73,9 @@ def test_all_caption_batch_exact_zero_mask_losses(model, monkeypatch):
 
 def test_text_only_batch_keeps_projector_in_graph(model):
     model.zero_grad(set_to_none=True)
-    s = caption_sample(model)
     tok = model.tokenizer
-    ids = torch.tensor(tok("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nhi", add_special_tokens=False).input_ids)
+    ids = torch.tensor(tok("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nhi",
+                           add_special_tokens=False).input_ids)
     text = dict(input_ids=ids, labels=ids.clone(), pixel_values=None, g_pixel_values=None, masks=None,
                 prompt_masks=None, frames_per_batch=1)
     losses = model(collate([text, dict(text)]), mode="loss")
@@ -133,7 +133,8 @@ def test_targets_gathered_across_mask_sizes_in_sample_order(model):
     prompts, image_index, gt, frames = model._seg_embeddings(batch, hidden)
     side = model.grounding_encoder.image_size // 4
     expected = torch.cat([torch.nn.functional.interpolate(s["masks"][None].float(), size=(side, side),
-                                                          mode="nearest")[0] for s in samples if s["masks"] is not None])
+                                                          mode="nearest")[0]
+                          for s in samples if s["masks"] is not None])
     assert gt.shape == (6, side, side) and torch.equal(gt, expected)
     assert image_index.tolist() == [0, 0, 1, 2, 2, 2]
     assert torch.equal(frames, torch.stack([s["g_pixel_values"] for s in samples if s["masks"] is not None]))
@@ -263,7 +264,8 @@ def test_uniform_module_calls_runs_the_encoders_on_placeholders(tiny_models, mon
     losses = m(collate([caption_sample(m)]), mode="loss")
     assert calls == ["sam2"] and losses["loss_mask"].item() == 0.0
     tok = m.tokenizer
-    ids = torch.tensor(tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello", add_special_tokens=False).input_ids)
+    ids = torch.tensor(tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello",
+                           add_special_tokens=False).input_ids)
     text = dict(input_ids=ids, labels=ids.clone(), pixel_values=None, g_pixel_values=None, masks=None,
                 prompt_masks=None, frames_per_batch=1)
     vis = m.mllm.hf_model.model.vision_tower

@@ -14,6 +14,7 @@ from .import_sa2va import init_from_sa2va_hf, is_sa2va_hf, load_sa2va_hf
 from .layout import ExportConfig
 from .pretrained import load_pretrained_sa2va
 
-__all__ = ["load_pretrained_sa2va", "export_sa2va", "export_from_config", "read_trainable_state", "load_trainable_checkpoint", "ExportConfig",
+__all__ = ["load_pretrained_sa2va", "export_sa2va", "export_from_config", "read_trainable_state",
+           "load_trainable_checkpoint", "ExportConfig",
            "is_original_internvl", "load_original_internvl", "load_original_tokenizer", "is_sa2va_hf",
            "load_sa2va_hf", "init_from_sa2va_hf"]
