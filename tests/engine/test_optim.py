@@ -112,3 +112,53 @@ def test_group_lr_step_hook_refuses_groups_it_cannot_step_alone():
         GroupLrStepHook(key="sam_mask_decoder", at_iter=0, factor=2.0).before_train_iter(_Runner(model, split), 0)
     with pytest.raises(ValueError, match="factor > 0"):
         GroupLrStepHook(key="decoder", at_iter=3, factor=0.0)
+
+
+def _toy_runner(work_dir, max_iters, resume=False):
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.net = _Net()
+
+        def forward(self, x, mode="loss"):
+            return {"loss": self.net(x).pow(2).mean()}
+
+    torch.manual_seed(0)
+    data = [dict(x=torch.randn(4)) for _ in range(64)]
+    return Runner(
+        model=Toy(), work_dir=str(work_dir), experiment_name="lr_step",
+        train_dataloader=dict(dataset=data, sampler=dict(type="DefaultSampler", shuffle=False), batch_size=4,
+                              collate_fn=dict(type="default_collate")),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-2),
+                           paramwise_cfg=dict(custom_keys={"decoder": dict(lr_mult=0.1)}),
+                           constructor="MergedGroupsOptimWrapperConstructor"),
+        param_scheduler=dict(type="CosineAnnealingLR", T_max=12, eta_min=0.0, by_epoch=False),
+        custom_hooks=[dict(type="GroupLrStepHook", key="decoder", at_iter=6, factor=3.0),
+                      dict(type="sa2va.engine.ResumeStateHook")],  # weights_only-loadable checkpoints
+        default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=4, by_epoch=False)),
+        resume=resume, default_scope="mmengine")
+
+
+def _decoder_ratio(runner) -> float:
+    lrs = {round(g["lr"], 12) for g in runner.optim_wrapper.param_groups}
+    assert len(lrs) == 2, lrs  # the decoder's and everything else's
+    return min(lrs) / max(lrs)
+
+
+def test_group_lr_step_hook_in_a_runner_and_across_a_resume(tmp_path):
+    from sa2va.engine import register_checkpoint_safe_globals  # also registers the hook and the constructor
+
+    register_checkpoint_safe_globals()  # mmengine's checkpoints under torch's weights_only loading
+
+    _toy_runner(tmp_path, max_iters=4).train()  # stops (and checkpoints) before the step
+    before = _toy_runner(tmp_path, max_iters=12, resume=True)
+    before.train()  # resumed at iteration 4: steps at 6, checkpoints at 8 and 12
+    assert round(_decoder_ratio(before), 6) == 0.3
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_8.pth"))
+    after = _toy_runner(tmp_path, max_iters=12, resume=True)
+    after.train()  # resumed after the step: the stepped lr comes back with the optimizer state, no second step
+    assert round(_decoder_ratio(after), 6) == 0.3
