@@ -137,7 +137,7 @@ def _toy_runner(work_dir, max_iters, resume=False):
                            paramwise_cfg=dict(custom_keys={"decoder": dict(lr_mult=0.1)}),
                            constructor="MergedGroupsOptimWrapperConstructor"),
         param_scheduler=dict(type="CosineAnnealingLR", T_max=12, eta_min=0.0, by_epoch=False),
-        custom_hooks=[dict(type="GroupLrStepHook", key="decoder", at_iter=6, factor=3.0),
+        custom_hooks=[dict(type="sa2va.engine.GroupLrStepHook", key="decoder", at_iter=6, factor=3.0),
                       dict(type="sa2va.engine.ResumeStateHook")],  # weights_only-loadable checkpoints
         default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=4, by_epoch=False)),
         resume=resume, default_scope="mmengine")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+from ..registry import BUILDER
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -38,7 +40,7 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             f"({', '.join(str(len(g['params'])) for g in merged.values())} tensors)")
 
 
-@HOOKS.register_module()
+@BUILDER.register_module()
 class GroupLrStepHook(Hook):
     """Multiply the learning rate of the parameter groups that hold the parameters named ``*key*`` by ``factor``,
     once, before iteration ``at_iter`` (0-based, i.e. ``runner.iter``).
@@ -66,12 +68,13 @@ class GroupLrStepHook(Hook):
         matched = []
         for i, group in enumerate(param_groups):
             hits = [self.key in names.get(id(p), "") for p in group["params"]]
-            if any(hits) and not all(hits):
+            if not any(hits):
+                continue
+            if not all(hits):
                 other = next(names.get(id(p), "?") for p, h in zip(group["params"], hits) if not h)
                 raise ValueError(f"GroupLrStepHook: parameter group {i} holds parameters matching {self.key!r} and "
                                  f"others (e.g. {other}); give {self.key!r} its own group (paramwise_cfg custom_keys)")
-            if hits and all(hits):
-                matched.append(group)
+            matched.append(group)
         if not matched:
             raise ValueError(f"GroupLrStepHook: no parameter group holds parameters matching {self.key!r} (under "
                              f"DeepSpeed ZeRO the groups hold flattened partitions: use mmengine's OptimWrapper)")
