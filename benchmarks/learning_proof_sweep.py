@@ -201,19 +201,19 @@ def variant_config(options: dict):
 MASK_OUTCOMES = ("right", "over", "wrong", "empty")
 
 
-def mask_outcome(pred: torch.Tensor, gt: torch.Tensor) -> tuple[str, float, float]:
-    """One predicted object mask against its target (both bool [H,W]) -> (kind, pixel precision, pixel recall).
+def mask_outcome(result) -> tuple[str, float, float]:
+    """One object's :class:`~sa2va.evaluation.metrics.SentenceResult` (what ``ReferSegMetric.add`` returns for a
+    predicted mask against its target) -> (kind, pixel precision, pixel recall).
 
     kind: ``right`` (IoU >= 0.5), ``over`` (the target plus more: recall >= 0.5, precision < 0.5), ``wrong`` (a
     wrong object, a part, a rough outline or a miss) or ``empty`` (no pixel predicted; precision counts as 0).
     """
-    inter = float((pred & gt).sum())
-    n_pred, n_gt = float(pred.sum()), float(gt.sum())
-    precision = inter / n_pred if n_pred else 0.0
-    recall = inter / n_gt if n_gt else 0.0
-    if not n_pred:
+    inter = result.intersection
+    precision = inter / result.pred_area if result.pred_area else 0.0
+    recall = inter / result.gt_area if result.gt_area else 0.0
+    if not result.pred_area:
         return "empty", precision, recall
-    if inter / (n_pred + n_gt - inter) >= 0.5:
+    if result.iou >= 0.5:
         return "right", precision, recall
     return ("over" if recall >= 0.5 and precision < 0.5 else "wrong"), precision, recall
 
@@ -257,8 +257,7 @@ class TeacherForcedSegEval(Hook):
             for i, (pred, gt) in enumerate(zip(model.predict_masks(data)["pred_masks"], data["masks"])):
                 pred = F.interpolate(pred[:, None].float(), size=gt.shape[-2:], mode="bilinear")[:, 0] > 0
                 for k in range(gt.shape[0]):  # one [SEG] per object
-                    metric.add(pred[k], gt[k], key=(start + i, k))
-                    kind, p, r = mask_outcome(pred[k], gt[k])
+                    kind, p, r = mask_outcome(metric.add(pred[k], gt[k], key=(start + i, k)))
                     outcomes[kind] += 1
                     precision.append(p)
                     recall.append(r)

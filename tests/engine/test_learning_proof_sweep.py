@@ -144,23 +144,29 @@ def test_teacher_forced_eval_scores_ciou_of_the_predicted_masks(tmp_path, invert
     assert len(open(tmp_path / "tf_eval.jsonl").readlines()) == 1
 
 
+def _outcome(pred, gt):
+    from sa2va.evaluation import ReferSegMetric
+
+    return sweep.mask_outcome(ReferSegMetric().add(pred, gt, key=0))
+
+
 def test_mask_outcome_tells_the_kinds_of_mistake_apart():
     gt = torch.zeros(10, 10, dtype=torch.bool)
     gt[0:4, 0:4] = True  # 16 px
     other = torch.zeros_like(gt)
     other[6:10, 6:10] = True  # another shape of the same size
-    assert sweep.mask_outcome(gt.clone(), gt) == ("right", 1.0, 1.0)
+    assert _outcome(gt.clone(), gt) == ("right", 1.0, 1.0)
     # the target plus one more shape of its size: Dice 2/3, IoU 1/2 -> precision 0.5 is not < 0.5: still right
-    assert sweep.mask_outcome(gt | other, gt) == ("right", 0.5, 1.0)
+    assert _outcome(gt | other, gt) == ("right", 0.5, 1.0)
     both_and_more = gt | other
     both_and_more[0:4, 6:10] = True  # the target plus two more
-    kind, p, r = sweep.mask_outcome(both_and_more, gt)
+    kind, p, r = _outcome(both_and_more, gt)
     assert (kind, round(p, 3), r) == ("over", 0.333, 1.0)
-    assert sweep.mask_outcome(other, gt) == ("wrong", 0.0, 0.0)
+    assert _outcome(other, gt) == ("wrong", 0.0, 0.0)
     part = torch.zeros_like(gt)
     part[0:1, 0:4] = True  # a quarter of the target
-    assert sweep.mask_outcome(part, gt) == ("wrong", 1.0, 0.25)
-    assert sweep.mask_outcome(torch.zeros_like(gt), gt) == ("empty", 0.0, 0.0)
+    assert _outcome(part, gt) == ("wrong", 1.0, 0.25)
+    assert _outcome(torch.zeros_like(gt), gt) == ("empty", 0.0, 0.0)
 
 
 def test_internvl_size_options_get_their_own_asset_directory():
