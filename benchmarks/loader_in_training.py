@@ -102,12 +102,19 @@ def time_variant(model, optim_wrapper, batches, n_warmup: int, n_iters: int) -> 
 
 
 class Cycle:
+    """Endless iteration: the batches of a list again and again, or a DataLoader epoch after epoch."""
+
     def __init__(self, batches):
         self.batches = batches
 
     def __iter__(self):
+        epoch = 0
         while True:
+            sampler = getattr(self.batches, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
             yield from self.batches
+            epoch += 1
 
 
 def run(args, compile_layers: bool, variants: list[str]) -> None:
@@ -126,7 +133,7 @@ def run(args, compile_layers: bool, variants: list[str]) -> None:
             source = Cycle([next(it) for _ in range(8)])
             del it
         else:
-            source = loader
+            source = Cycle(loader)
         r = time_variant(model, optim_wrapper, source, args.warmup, args.iters)
         print(f"{variant + tag:32s} {r['s_per_it']:.3f} s/it  wait {r['wait']:.3f}  step {r['step']:.3f} "
               f"(median seg {r['step_seg']:.3f}, caption {r['step_cap']:.3f}; {r['seg_share']:.0%} seg batches)",
