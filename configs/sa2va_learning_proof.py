@@ -71,7 +71,7 @@ tile_size = internvl_size['image_size']
 max_dynamic_patch = 1          # one 224-px tile of the whole image = 64 image tokens (regions use this grid too)
 batch_size = 64
 dataloader_num_workers = 14   # with 10 the faster step waited ~0.11 s/it for data on a 16-core H100 host
-max_iters = 2000
+max_iters = 3000
 caption_first_iters = 400   # the region captions alone first, then both tasks (see above)
 max_train_seconds = 480     # the budget is <= 10 min on one H100: stop there even if max_iters is not reached
 lr = 5e-4
@@ -80,7 +80,7 @@ warmup_iters = 100
 save_steps = 1000
 mask_loss_scale = 25        # x the recipe's mask-loss weights (2.0 sigmoid-CE, 0.5 Dice), see above
 decoder_lr_mult = 0.1
-decoder_lr_step = dict(at_iter=1000, factor=3.0)  # the decoder at lr x0.3 from iteration 1000 on (see above)
+decoder_lr_step = dict(at_iter=1500, factor=3.0)  # the decoder at lr x0.3 from iteration 1500 on (see above)
 seg_questions_per_sample = 3  # the original's several questions per image (up to 3 of its 2-4 shapes)
 log_interval = 50
 

@@ -76,14 +76,14 @@ def test_rejects_what_it_cannot_stage():
 
 def test_a_resumed_run_rereads_into_the_same_stream():
     """No ``set_start``: ``TrainLoop`` resumes by re-reading the trained batches from a fresh sampler, which
-    passes the same stage boundary and epochs (mmengine's infinite iterator sets the epoch at each rollover)."""
-    from mmengine.runner.loops import _InfiniteDataloaderIterator
+    passes the same stage boundary and epochs (the loop's iterator sets the epoch at each rollover)."""
+    from sa2va.engine.loops import EpochIterator
 
     def stream(n):
         ds = _Concat(20, 10)
         sampler = TaskCurriculumSampler(ds, sampler=dict(type=LengthGroupedSampler, per_device_batch_size=4),
                                         first_iters=6, first_datasets=[1], batch_size=4, seed=2)
-        it = _InfiniteDataloaderIterator(DataLoader(ds, batch_size=4, sampler=sampler))
+        it = EpochIterator(DataLoader(ds, batch_size=4, sampler=sampler))
         return [next(it).tolist() for _ in range(n)]
 
     assert not hasattr(TaskCurriculumSampler, "set_start")

@@ -3,9 +3,14 @@
 On resume, mmengine's loop re-reads (and discards) every batch already trained on. Ours positions the sampler
 instead when it supports ``set_start`` (ours do), then restores the RNG states saved with the checkpoint *after*
 the data iterator exists, so the resumed run draws exactly the random numbers the uninterrupted one drew.
+
+Between epochs mmengine's data iterator sleeps 2 s ("prevent possible deadlock"); ours does not (``EpochIterator``).
 """
 from __future__ import annotations
 
+import logging
+
+from mmengine.logging import print_log
 from mmengine.runner import IterBasedTrainLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 
@@ -27,6 +32,34 @@ def epoch_warning(dataloader) -> str | None:
             f"DefaultSampler).")
 
 
+class EpochIterator(_InfiniteDataloaderIterator):
+    """mmengine's endless data iterator (next epoch: ``set_epoch(epoch + 1)``, a new iterator) without its 2-s
+    sleep at every epoch end. The learning proof's epochs are ~80 batches: the sleep was ~0.03 s of its ~0.15-s
+    iterations (docs/benchmarks.md, twelfth session). The DataLoader's persistent workers are reused, not restarted;
+    the first batch of an epoch still waits for a worker to build it."""
+
+    @classmethod
+    def taking_over(cls, iterator: _InfiniteDataloaderIterator) -> "EpochIterator":
+        """The same position and epoch as ``iterator`` (whose DataLoader iterator, and workers, are kept)."""
+        new = cls.__new__(cls)
+        new.__dict__.update(iterator.__dict__)
+        return new
+
+    def __next__(self):
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._epoch += 1
+            sampler = getattr(self._dataloader, "sampler", None)
+            if not hasattr(sampler, "set_epoch"):
+                sampler = getattr(getattr(self._dataloader, "batch_sampler", None), "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self._epoch)
+            print_log(f"data epoch {self._epoch} starts", logger="current", level=logging.DEBUG)
+            self._iterator = iter(self._dataloader)
+            return next(self._iterator)
+
+
 @BUILDER.register_module()
 class TrainLoop(IterBasedTrainLoop):
     """``max_epochs`` (converted to iterations with the dataloader length) or ``max_iters``."""
@@ -41,6 +74,7 @@ class TrainLoop(IterBasedTrainLoop):
             max_iters = max(1, int(max_epochs * len(dataloader)))
         super().__init__(runner, dataloader, max_iters=max_iters, val_begin=val_begin, val_interval=val_interval,
                          dynamic_intervals=dynamic_intervals)
+        self.dataloader_iterator = EpochIterator.taking_over(self.dataloader_iterator)
         warning = epoch_warning(self.dataloader)
         if warning:
             runner.logger.warning(warning)
@@ -54,7 +88,7 @@ class TrainLoop(IterBasedTrainLoop):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             sampler.set_start(offset * self.dataloader.batch_size)
-            self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
+            self.dataloader_iterator = EpochIterator.taking_over(self.dataloader_iterator)
             self.dataloader_iterator._epoch = epoch
             self.runner.logger.info(f"resumed data stream at epoch {epoch}, batch {offset} (no batches re-read)")
         else:
