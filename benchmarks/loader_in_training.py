@@ -1,22 +1,23 @@
 """Where a learning-proof iteration goes: waiting for the DataLoader vs the training step, variants side by side.
 
     python benchmarks/loader_in_training.py [--images 2000] [--iters 120] [--warmup 20] [--workers 14]
-        [--variants per-item packed packed-nopin step-only] [--compile-layers]
+        [--variants loader loader-nopin step-only] [--compile-layers]
 
 The learning proof (``configs/sa2va_learning_proof.py``, batch 64) logged ~0.23 s per iteration on the GPU, of which
 ~0.1 s ``data_time``, while its step alone (``benchmarks/step_ops.py``) is 0.06-0.12 s. This script runs the real
 loop pieces (the config's datasets, sampler, collate, DataLoader with its workers, model and AdamW wrapper; both
-tasks from the first iteration) and times, per iteration, ``next(loader)`` (the wait) and ``model.train_step``
-(synchronised by reading the loss), for these variants, one after the other on one model:
+tasks from the first iteration; no mmengine Runner and no hooks) and times, per iteration, ``next(loader)`` (the
+wait) and ``model.train_step`` (synchronised by reading the loss), for these variants, one after the other on one
+model:
 
-- ``per-item``: the per-item lists (64 SAM2 images and 64 mask stacks per segmentation batch) as plain lists, moved
-  by mmengine's ``BaseDataPreprocessor`` (one blocking copy per tensor): what the eleventh session ran;
-- ``packed``: the collate's ``PackedTensorList`` and ``Sa2VADataPreprocessor`` (one pin and one non-blocking copy
-  per list), as configured now;
-- ``packed-nopin``: the same with ``pin_memory=False``;
+- ``loader``: the DataLoader as configured (``pin_memory=True``);
+- ``loader-nopin``: the same with ``pin_memory=False``;
 - ``step-only``: the step on batches already collated in this process (cycling through 8 of them): the floor.
 
-``--compile-layers`` adds ``packed`` and ``step-only`` with ``model.mllm.compile_layers=True`` (a second model;
+A first pass of ``--warmup`` + ``--iters`` iterations of the first variant runs untimed before them: the first
+variant of a process otherwise pays the GPU's and the allocator's warm-up (measured: 0.24 s/it first, 0.14-0.15
+for the same variant later in the same process). Epochs follow each other without mmengine's 2-s pause.
+``--compile-layers`` adds ``loader`` and ``step-only`` with ``model.mllm.compile_layers=True`` (a second model;
 its compilation happens in the warm-up iterations).
 """
 from __future__ import annotations
@@ -33,18 +34,6 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects"))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-
-
-def unpacked_collate(instances, pad_token_id: int = 0):
-    """The collate's batch with each PackedTensorList turned into a plain list of the same views."""
-    from sa2va.datasets.collate import PackedTensorList, sa2va_collate_fn
-
-    batch = sa2va_collate_fn(instances, pad_token_id)
-    data = batch["data"]
-    for key, value in data.items():
-        if isinstance(value, PackedTensorList):
-            data[key] = list(value)
-    return batch
 
 
 def build(args, compile_layers: bool):
@@ -72,9 +61,7 @@ def loader_for(cfg, variant: str, workers: int, batch: int):
     loader_cfg = cfg.train_dataloader.copy()
     loader_cfg.num_workers = workers
     loader_cfg.batch_size = loader_cfg.sampler.batch_size = loader_cfg.sampler.sampler.per_device_batch_size = batch
-    if variant == "per-item":
-        loader_cfg.collate_fn = dict(loader_cfg.collate_fn, type=unpacked_collate)
-    if variant == "packed-nopin":
+    if variant == "loader-nopin":
         loader_cfg.pin_memory = False
     return Runner.build_dataloader(loader_cfg, seed=0)
 
@@ -102,39 +89,32 @@ def time_variant(model, optim_wrapper, batches, n_warmup: int, n_iters: int) -> 
 
 
 class Cycle:
-    """Endless iteration: the batches of a list again and again, or a DataLoader epoch after epoch."""
+    """The batches of a list again and again."""
 
     def __init__(self, batches):
         self.batches = batches
 
     def __iter__(self):
-        epoch = 0
         while True:
-            sampler = getattr(self.batches, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
             yield from self.batches
-            epoch += 1
 
 
 def run(args, compile_layers: bool, variants: list[str]) -> None:
-    from mmengine.model import BaseDataPreprocessor
-
-    from sa2va.models import Sa2VADataPreprocessor
+    from sa2va.engine.loops import EpochIterator
 
     cfg, model, optim_wrapper = build(args, compile_layers)
     tag = " + compile_layers" if compile_layers else ""
-    for variant in variants:
-        preprocessor = BaseDataPreprocessor() if variant == "per-item" else Sa2VADataPreprocessor()
-        model.data_preprocessor = preprocessor.to(args.device)
-        loader = loader_for(cfg, "packed" if variant == "step-only" else variant, args.workers, args.batch)
+    for i, variant in enumerate([variants[0]] + variants):  # the first pass warms up, untimed
+        loader = loader_for(cfg, "loader" if variant == "step-only" else variant, args.workers, args.batch)
         if variant == "step-only":
             it = iter(loader)
             source = Cycle([next(it) for _ in range(8)])
             del it
         else:
-            source = Cycle(loader)
+            source = EpochIterator(loader)  # the training loop's iterator: the next epoch without a pause
         r = time_variant(model, optim_wrapper, source, args.warmup, args.iters)
+        if i == 0:
+            continue
         print(f"{variant + tag:32s} {r['s_per_it']:.3f} s/it  wait {r['wait']:.3f}  step {r['step']:.3f} "
               f"(median seg {r['step_seg']:.3f}, caption {r['step_cap']:.3f}; {r['seg_share']:.0%} seg batches)",
               flush=True)
@@ -148,7 +128,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--workers", type=int, default=14)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--variants", nargs="+", default=["per-item", "packed", "packed-nopin", "step-only"])
+    p.add_argument("--variants", nargs="+", default=["loader", "loader-nopin", "step-only"],
+                   choices=["loader", "loader-nopin", "step-only"])
     p.add_argument("--compile-layers", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
@@ -158,7 +139,7 @@ def main() -> None:
           f"batch {args.batch}, {args.workers} workers, {args.iters} timed iterations after {args.warmup}", flush=True)
     run(args, False, args.variants)
     if args.compile_layers:
-        run(args, True, [v for v in ("packed", "step-only") if v in args.variants])
+        run(args, True, [v for v in ("loader", "step-only") if v in args.variants])
 
 
 if __name__ == "__main__":

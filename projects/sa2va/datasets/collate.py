@@ -25,75 +25,28 @@ def _sum_issues(per_item) -> dict[str, int]:
     return total
 
 
-class PackedTensorList(list):
-    """A list of tensors (``None`` allowed) that are views into one flat buffer per dtype.
-
-    It reads like the plain list it is; only moving it is different. A DataLoader worker sends the buffers (one
-    shared-memory file descriptor per dtype), the DataLoader's pin-memory thread pins each buffer once
-    (:meth:`pin_memory`) and ``Sa2VADataPreprocessor`` copies each buffer to the device once (:meth:`to`). A plain
-    list is pinned and copied item by item: 64 SAM2 images and 64 mask stacks per learning-proof batch, each a
-    separate call of the pin-memory thread, which shares the GIL with the training loop.
-
-    Built by :func:`in_one_storage`. Built from an iterable (``PackedTensorList(items)``, as mmengine's
-    ``cast_data`` rebuilds sequences) it holds no buffers and moves item by item, like a plain list.
-    """
-
-    def __init__(self, items=(), buffers: dict | None = None, layout: list | None = None):
-        super().__init__(items)
-        self.buffers = buffers  # {dtype: flat 1-D tensor} or None
-        self.layout = layout    # per item: None or (dtype, offset, shape)
-
-    @classmethod
-    def from_buffers(cls, buffers: dict, layout: list) -> "PackedTensorList":
-        items = [None if spec is None else buffers[spec[0]][spec[1]:spec[1] + _numel(spec[2])].view(spec[2])
-                 for spec in layout]
-        return cls(items, buffers, layout)
-
-    def _map(self, fn) -> "PackedTensorList":
-        if self.buffers is None:
-            return PackedTensorList(None if t is None else fn(t) for t in self)
-        return PackedTensorList.from_buffers({k: fn(b) for k, b in self.buffers.items()}, self.layout)
-
-    def pin_memory(self) -> "PackedTensorList":
-        return self._map(lambda t: t.pin_memory())
-
-    def to(self, device, non_blocking: bool = False) -> "PackedTensorList":
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def __reduce__(self):  # the buffers travel, the views are rebuilt on arrival
-        if self.buffers is None:
-            return PackedTensorList, (list(self),)
-        return PackedTensorList.from_buffers, (self.buffers, self.layout)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def in_one_storage(tensors: list[torch.Tensor | None]) -> PackedTensorList:
-    """The same tensors (shapes, dtypes, values; None stays None), copied into one flat buffer per dtype.
+def in_one_storage(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """The same tensors (shapes, dtypes, values; None stays None), copied into one storage per dtype.
 
     A DataLoader worker sends every storage of a batch to the training process as its own file descriptor (torch's
     default sharing strategy), which cost that process ~0.3 ms per storage on the 2-core VM: a learning-proof
     segmentation batch of 64 items (64 SAM2 images + 64 mask stacks) took 34-42 ms to receive as separate tensors,
-    8-15 ms with each list in one storage (``benchmarks/batch_receive.py``, docs/benchmarks.md). The result is
-    pinned and moved to the device one buffer at a time too (:class:`PackedTensorList`).
+    8-15 ms with each list in one storage (``benchmarks/batch_receive.py``, docs/benchmarks.md). Views of one
+    storage travel as one.
     """
-    buffers, layout = {}, [None] * len(tensors)
-    for dtype in dict.fromkeys(t.dtype for t in tensors if t is not None):
+    out: list[torch.Tensor | None] = list(tensors)
+    for dtype in {t.dtype for t in tensors if t is not None}:
         members = [i for i, t in enumerate(tensors) if t is not None and t.dtype == dtype]
+        if len(members) < 2:
+            continue
         flat = torch.empty(sum(tensors[i].numel() for i in members), dtype=dtype)
         offset = 0
         for i in members:
             t = tensors[i]
-            flat[offset:offset + t.numel()].view(t.shape).copy_(t)
-            layout[i] = (dtype, offset, tuple(t.shape))
+            out[i] = flat[offset:offset + t.numel()].view(t.shape)
+            out[i].copy_(t)
             offset += t.numel()
-        buffers[dtype] = flat
-    return PackedTensorList.from_buffers(buffers, layout)
+    return out
 
 
 def sa2va_collate_fn(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
@@ -146,7 +99,7 @@ def sa2va_collate_fn(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
         position_ids=position_ids,
         pixel_values=pixel_values,
         num_tiles=num_tiles,
-        # per-item tensors, each list packed into one buffer per dtype (moved whole: see PackedTensorList)
+        # per-item tensors, each list in one storage (a worker sends one storage faster than B; see in_one_storage)
         g_pixel_values=in_one_storage([x.get("g_pixel_values") if x.get("masks") is not None else None
                                        for x in instances]),
         masks=in_one_storage([x.get("masks") for x in instances]),

@@ -22,7 +22,6 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
 
 from ..registry import BUILDER
-from .data_preprocessor import Sa2VADataPreprocessor
 from ..tokenizer import SEG_TOKEN
 from .point_sampling import point_sample, uncertain_point_coords_with_randomness
 
@@ -62,8 +61,7 @@ class VideoLLaVASAMModel(BaseModel):
                  importance_sample_ratio: float = 0.75, num_objects_per_frame: int | None = None,
                  skip_seg_mask_mismatch: bool = False, frozen_sam2_decoder: bool = False,
                  uniform_module_calls: bool = False, prompt_init_gain: float = 1.0, data_preprocessor=None):
-        # the default moves packed per-item lists whole (Sa2VADataPreprocessor); a config may set another
-        super().__init__(data_preprocessor=Sa2VADataPreprocessor() if data_preprocessor is None else data_preprocessor)
+        super().__init__(data_preprocessor=data_preprocessor)
         self.mllm = _build(mllm)
         self.grounding_encoder = _build(grounding_encoder)
         if frozen_sam2_decoder:
