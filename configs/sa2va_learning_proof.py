@@ -58,8 +58,9 @@ with read_base():
 # - batch 64: the small model's step is bound by the host (0.17 s at batch 16, ~0.3 s at 64 alone on an H100),
 #   so 4x the batch is ~2.5x the samples per second. On one H100 (16 cores, 14 loader workers) an iteration takes
 #   ~0.12 s while only captions train and ~0.195 s with both tasks since the training loop stopped pausing 2 s at
-#   every data epoch (EpochIterator, twelfth session; an epoch is ~80 batches): ~2500 iterations in the 480-s
-#   limit, which ends the run before max_iters (the learning rate is then at ~10 % of its peak).
+#   every data epoch (EpochIterator, twelfth session; an epoch is ~40 batches): ~2500 iterations in the 480-s
+#   limit, which ends the run before max_iters (the learning rate is then at ~10 % of its peak). The endless
+#   sampler (below) removes the ~1-s wait at the start of each epoch too; on the GPU that is not measured yet.
 # ------------------------------------------------------------------ sizes
 assets = './work_dirs/learning_proof_assets'
 internvl_size = dict(image_size=224, vision_hidden=192, vision_layers=4, vision_heads=3,   # 64 tokens per tile
@@ -120,10 +121,12 @@ train_dataloader.update(  # noqa: F405
     batch_size=batch_size, num_workers=dataloader_num_workers, persistent_workers=True, pin_memory=True,
     dataset=dict(type=ConcatDataset, datasets=[refcocog_seg, refcocog_caption]))  # noqa: F405
 # a task curriculum: the first caption_first_iters iterations draw only region captions (dataset 1). Assigned, not
-# update()d: update() would merge it into the base config's sampler and keep that one's arguments
+# update()d: update() would merge it into the base config's sampler and keep that one's arguments.
+# endless: an epoch here is only ~40 batches (~20 while only captions train), and a finite sampler starts each one
+# with the loader's worker pipeline empty: ~1 s to wait for its first batch (benchmarks/loader_in_training.py)
 train_dataloader.sampler = dict(  # noqa: F405
     type=TaskCurriculumSampler, first_iters=caption_first_iters, first_datasets=[1], batch_size=batch_size,
-    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size))  # noqa: F405
+    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size, endless=True))  # noqa: F405
 
 # ------------------------------------------------------------------ optimisation
 # fused AdamW in 2 parameter groups: the step of this small model is bound by the host's op dispatch, and

@@ -208,3 +208,43 @@ def test_train_loop_warns_when_the_sampler_loses_the_epoch():
     assert epoch_warning(DataLoader(ds, sampler=LengthGroupedSampler(ds, per_device_batch_size=2, seed=0))) is None
     plain = _Lengths(range(8))  # a dataset without per-epoch draws: nothing to lose
     assert epoch_warning(DataLoader(plain, sampler=DefaultSampler(plain, seed=0))) is None
+
+
+def test_endless_goes_on_epoch_after_epoch_and_resumes_exactly():
+    """endless=True: one iteration yields epoch e, e+1, ... each exactly as the finite sampler orders it (with its
+    epoch on each index); set_epoch + set_start start the stream where a resumed run must; len() is one epoch."""
+    import itertools
+
+    from torch.utils.data import DataLoader
+
+    class _Accepting(_Lengths):
+        accepts_epoch_index = True
+
+        def __getitem__(self, index):
+            return index.epoch * 1000 + index.index
+
+    lengths = _dataset(n=22).lengths  # 22 items, batches of 4: round_up pads every epoch to 24
+    finite = LengthGroupedSampler(_Accepting(lengths), per_device_batch_size=4, seed=1)
+    epochs = []
+    for e in (2, 3, 4):
+        finite.set_epoch(e)
+        epochs += list(finite)
+    endless = LengthGroupedSampler(_Accepting(lengths), per_device_batch_size=4, seed=1, endless=True)
+    endless.set_epoch(2)
+    assert len(endless) == 24
+    assert list(itertools.islice(iter(endless), 72)) == epochs
+    assert {i.epoch for i in epochs[24:48]} == {3}
+    endless.set_epoch(3)
+    endless.set_start(8)  # a run resumed at epoch 3, batch 2
+    assert list(itertools.islice(iter(endless), 40)) == epochs[32:72]
+    assert list(itertools.islice(iter(endless), 4)) == epochs[24:28]  # set_start holds for one iteration only
+
+    # a DataLoader over it never ends an epoch: batches run on into the next epoch with no new iterator
+    endless.set_epoch(2)
+    loader = DataLoader(_Accepting(lengths), batch_size=4, sampler=endless, num_workers=1)
+    batches = list(itertools.islice(iter(loader), 12))
+    assert [b.tolist() for b in batches] == [[i.epoch * 1000 + i.index for i in epochs[k:k + 4]]
+                                             for k in range(0, 48, 4)]
+
+    with pytest.raises(ValueError, match="round_up"):
+        LengthGroupedSampler(_Accepting(lengths), per_device_batch_size=4, endless=True, round_up=False)

@@ -68,6 +68,7 @@ def test_learning_proof_trains_everything_from_its_own_assets():
     assert c.train_dataloader.batch_size == 64 == sampler.batch_size == sampler.sampler.per_device_batch_size
     assert (sampler.first_iters, sampler.first_datasets, c.train_cfg.max_iters) == (400, [1], 3000)
     assert set(sampler) == {"type", "first_iters", "first_datasets", "batch_size", "sampler"}  # nothing merged in
+    assert sampler.sampler.endless is True  # no empty worker pipeline at each of its short epochs
     assert c.optim_wrapper.paramwise_cfg.custom_keys.sam_mask_decoder.lr_mult == 0.1
     # an LLM init whose attention is not saturated, and SAM2's single-mask output (its IoU head is untrained)
     assert c.prepare.internvl.text_init_range == 0.05 and m.grounding_encoder.multimask_output is False

@@ -25,6 +25,13 @@ One epoch's order, for ``seed`` and ``epoch`` (the same on every rank):
    its epoch (``sa2va.datasets.base``), and DataLoader workers with ``persistent_workers=True`` keep the dataset
    copy they started with: the epoch has to travel with the index to reach them.
 
+``endless=True``: one ``__iter__`` goes on from epoch to epoch (``epoch``, ``epoch + 1``, ...; each epoch exactly the
+order above) and never ends. The DataLoader then never starts a new epoch, so its workers never stand idle: a
+finite sampler ends each epoch with the DataLoader's worker pipeline empty, and the next epoch waits for a worker to
+build its first batch from scratch (~1 s per ~40-batch epoch of the learning proof). ``len()``
+stays one epoch (mmengine converts epochs to iterations with it), and ``set_epoch`` / ``set_start`` still say where
+the next ``__iter__`` begins (an exact resume).
+
 With either split, the epoch order depends on the world size only through ``group``: two runs with the same
 ``group`` and ``per_device_batch_size = batch_size * accumulative_counts`` (e.g. 1 GPU, micro-batch 2 x 2
 accumulation steps, ``per_device_batch_size=4``; 2 GPUs, 2 x 1, ``per_device_batch_size=2``) see the same set of items
@@ -138,6 +145,8 @@ class LengthGroupedSampler(Sampler):
         round_up: pad the epoch by repetition to a multiple of ``per_device_batch_size * world_size``;
             False drops the tail down to a multiple of ``world_size``.
         rank_split: ``'strided'`` or ``'contiguous'``: how a group is shared among ranks (step 5 above).
+        endless: iterate epoch after epoch without end (see the module docstring); needs ``round_up`` (every epoch
+            a whole number of batches, so no batch straddles two epochs and a resume lands on a batch).
     """
 
     RANK_SPLITS = ("strided", "contiguous")
@@ -145,13 +154,16 @@ class LengthGroupedSampler(Sampler):
 
     def __init__(self, dataset, per_device_batch_size: int, length_property: str = "length",
                  mega_batch_mult: int | None = None, seed: int | None = None, round_up: bool = True,
-                 rank_split: str = "strided"):
+                 rank_split: str = "strided", endless: bool = False):
         if per_device_batch_size < 1:
             raise ValueError(f"per_device_batch_size must be >= 1, got {per_device_batch_size}")
         if rank_split not in self.RANK_SPLITS:
             raise ValueError(f"LengthGroupedSampler: rank_split must be one of {self.RANK_SPLITS}, "
                              f"got {rank_split!r}")
+        if endless and not round_up:
+            raise ValueError("LengthGroupedSampler: endless=True needs round_up=True (whole batches per epoch)")
         self.rank_split = rank_split
+        self.endless = endless
         self.per_device_batch_size = per_device_batch_size
         self.rank, self.world_size = get_dist_info()
         self.dataset = dataset
@@ -188,19 +200,20 @@ class LengthGroupedSampler(Sampler):
             raise ValueError(f"set_start({start}): a rank has {self.num_samples} indices per epoch")
         self.start = int(start)
 
-    def epoch_order(self) -> list[int]:
-        """The whole epoch's order over all ranks (before splitting by rank)."""
+    def epoch_order(self, epoch: int | None = None) -> list[int]:
+        """The whole order of ``epoch`` (default: the current one) over all ranks (before splitting by rank)."""
         generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
+        generator.manual_seed(self.seed + (self.epoch if epoch is None else epoch))
         order = length_grouped_order(self.lengths, self.group_size, self.mega_batch_mult, generator)
         if self.round_up:
             order = (order * math.ceil(self.total_size / len(order)))[:self.total_size]
         return order[:self.total_size]
 
-    def rank_order(self, rank: int | None = None) -> list[int]:
-        """The indices of ``rank`` (default: this rank) for the whole epoch, in order (step 5 above)."""
+    def rank_order(self, rank: int | None = None, epoch: int | None = None) -> list[int]:
+        """The indices of ``rank`` (default: this rank) for the whole of ``epoch`` (default: the current one), in
+        order (step 5 above)."""
         rank = self.rank if rank is None else rank
-        order = self.epoch_order()
+        order = self.epoch_order(epoch)
         if self.rank_split == "strided":
             return order[rank::self.world_size]
         b, full = self.per_device_batch_size, self.total_size // self.group_size * self.group_size
@@ -209,7 +222,15 @@ class LengthGroupedSampler(Sampler):
 
     def __iter__(self) -> Iterator[int | EpochIndex]:
         start, self.start = self.start, 0
+        if self.endless:
+            return self._epochs_from(self.epoch, start)
         return with_epoch(self.dataset, self.epoch, self.rank_order()[start:])
 
+    def _epochs_from(self, epoch: int, start: int) -> Iterator[int | EpochIndex]:
+        while True:
+            yield from with_epoch(self.dataset, epoch, self.rank_order(epoch=epoch)[start:])
+            epoch, start = epoch + 1, 0
+
     def __len__(self) -> int:
+        """One epoch (its rest, after ``set_start``), also when ``endless``."""
         return self.num_samples - self.start

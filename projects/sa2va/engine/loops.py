@@ -34,8 +34,8 @@ def epoch_warning(dataloader) -> str | None:
 
 class EpochIterator(_InfiniteDataloaderIterator):
     """mmengine's endless data iterator (next epoch: ``set_epoch(epoch + 1)``, a new iterator) without its 2-s
-    sleep at every epoch end. The learning proof's epochs are ~80 batches: the sleep was ~0.03 s of its ~0.15-s
-    iterations (docs/benchmarks.md, twelfth session). The DataLoader's persistent workers are reused, not restarted;
+    sleep at every epoch end. The learning proof's epochs are ~40 batches (~20 while only captions
+    train): the sleep was 0.035-0.07 s of its 0.12-0.2-s iterations (docs/benchmarks.md, twelfth session). The DataLoader's persistent workers are reused, not restarted;
     the first batch of an epoch still waits for a worker to build it."""
 
     @classmethod
