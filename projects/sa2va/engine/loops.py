@@ -34,9 +34,10 @@ def epoch_warning(dataloader) -> str | None:
 
 class EpochIterator(_InfiniteDataloaderIterator):
     """mmengine's endless data iterator (next epoch: ``set_epoch(epoch + 1)``, a new iterator) without its 2-s
-    sleep at every epoch end. The learning proof's epochs are ~40 batches (~20 while only captions
-    train): the sleep was 0.035-0.07 s of its 0.12-0.2-s iterations (docs/benchmarks.md, twelfth session). The DataLoader's persistent workers are reused, not restarted;
-    the first batch of an epoch still waits for a worker to build it."""
+    sleep at every epoch end. The learning proof's epochs are ~40 batches (~20 while only captions train): the
+    sleep cost it 0.05-0.1 s per iteration (docs/benchmarks.md, twelfth session). The DataLoader's persistent
+    workers are reused, not restarted; the first batch of an epoch still waits for a worker to build it, unless
+    the sampler is endless (``LengthGroupedSampler(endless=True)``), when no epoch ends here at all."""
 
     @classmethod
     def taking_over(cls, iterator: _InfiniteDataloaderIterator) -> "EpochIterator":
