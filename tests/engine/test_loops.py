@@ -53,3 +53,39 @@ def test_the_train_loop_iterates_with_it():
     old = _InfiniteDataloaderIterator(loader)
     new = EpochIterator.taking_over(old)
     assert new._iterator is old._iterator and new._dataloader is loader and new._epoch == 0
+
+
+@pytest.mark.parametrize("endless", [False, True])
+def test_a_resume_positions_a_fresh_iterator_at_the_trained_batch(endless):
+    """TrainLoop._position_data: set_epoch + set_start, then a new DataLoader iterator, so the resumed stream is the
+    uninterrupted one from iteration k on. With a worker the old iterator has already drawn its indices, so
+    keeping it (instead of starting a new one) would restart at batch 0."""
+    import itertools
+    from unittest import mock
+
+    from sa2va.datasets import LengthGroupedSampler
+    from sa2va.engine.loops import TrainLoop
+
+    class _D:
+        lengths = list(range(1, 25))
+
+        def __len__(self):
+            return 24
+
+        def __getitem__(self, i):
+            return i
+
+    def loop_over(k):
+        sampler = LengthGroupedSampler(_D(), per_device_batch_size=4, seed=3, endless=endless)
+        loader = DataLoader(_D(), batch_size=4, sampler=sampler, num_workers=1, persistent_workers=True)
+        loop = TrainLoop(mock.MagicMock(), loader, max_iters=20)
+        loop._iter = k
+        if k:
+            loop._position_data()
+        return [next(loop.dataloader_iterator).tolist() for _ in range(14 - k)]
+
+    full = loop_over(0)  # 6 batches per epoch: iterations 0..13 cross two epoch ends
+    assert len({tuple(b) for b in full[:6]}) == 6
+    for k in (4, 8):  # mid-epoch 0 and mid-epoch 1
+        assert loop_over(k) == full[k:], k
+    assert list(itertools.chain(*full[:6])) != list(itertools.chain(*full[6:12]))  # epochs differ

@@ -89,7 +89,8 @@ class TrainLoop(IterBasedTrainLoop):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             sampler.set_start(offset * self.dataloader.batch_size)
-            self.dataloader_iterator = EpochIterator.taking_over(self.dataloader_iterator)
+            # a new DataLoader iterator: the one made at construction has drawn its first indices already
+            self.dataloader_iterator = EpochIterator(self.dataloader)
             self.dataloader_iterator._epoch = epoch
             self.runner.logger.info(f"resumed data stream at epoch {epoch}, batch {offset} (no batches re-read)")
         else:
