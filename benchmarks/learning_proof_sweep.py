@@ -250,22 +250,33 @@ class TeacherForcedSegEval(Hook):
         model.eval()
         metric = ReferSegMetric()
         outcomes, precision, recall = Counter(), [], []
+        by_attribute = {attr: {} for attr in ("colour", "shape")}  # attr -> value -> Counter of outcomes
         n = min(self.max_items, len(self.dataset))
         for start in range(0, n, self.batch_size):
             items = [self.dataset[i] for i in range(start, min(start + self.batch_size, n))]
             data = model.data_preprocessor(sa2va_collate_fn(items, model.tokenizer.pad_token_id or 0), False)["data"]
             for i, (pred, gt) in enumerate(zip(model.predict_masks(data)["pred_masks"], data["masks"])):
                 pred = F.interpolate(pred[:, None].float(), size=gt.shape[-2:], mode="bilinear")[:, 0] > 0
+                # one question per item: the colour and shape it names (every refcocog sentence names both)
+                question = model.tokenizer.decode(data["input_ids"][i], skip_special_tokens=True).lower()
+                named = {attr: first_word(ATTRIBUTES[attr], question) for attr in by_attribute}
                 for k in range(gt.shape[0]):  # one [SEG] per object
                     kind, p, r = mask_outcome(metric.add(pred[k], gt[k], key=(start + i, k)))
                     outcomes[kind] += 1
                     precision.append(p)
                     recall.append(r)
+                    for attr, value in named.items():
+                        by_attribute[attr].setdefault(value, Counter())[kind] += 1
         model.train()
         objects = max(1, len(recall))
         record = dict(iter=runner.iter + 1, cIoU=round(metric.compute()["cIoU"], 4), items=n,
                       outcomes={k: round(outcomes[k] / objects, 3) for k in MASK_OUTCOMES},
-                      precision=round(sum(precision) / objects, 3), recall=round(sum(recall) / objects, 3))
+                      precision=round(sum(precision) / objects, 3), recall=round(sum(recall) / objects, 3),
+                      # per colour / shape named in the question: [objects, share right, share over-segmented]
+                      **{f"by_{attr}": {str(v): [sum(c.values()), round(c["right"] / sum(c.values()), 2),
+                                                 round(c["over"] / sum(c.values()), 2)]
+                                        for v, c in sorted(values.items(), key=lambda kv: str(kv[0]))}
+                         for attr, values in by_attribute.items()})
         runner.logger.info(f"teacher-forced val {json.dumps(record)}")
         with open(os.path.join(runner.work_dir, "tf_eval.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -300,18 +311,20 @@ ATTRIBUTES = dict(colour=("red", "green", "blue", "yellow", "purple", "orange"),
                   hpos=("left", "middle", "right"), vpos=("top", "center", "bottom"))
 
 
+def first_word(words, text: str) -> str | None:
+    """The first of ``words`` (whole words) in ``text``, or None."""
+    found = [(text.find(w), w) for w in words if re.search(rf"\b{w}\b", text)]
+    return min(found)[1] if found else None
+
+
 def attribute_accuracy(records: list[dict]) -> dict:
     """Share of captions naming the right colour / shape / positions (the first such word; references agree)."""
-    def first(words, text):
-        found = [(text.find(w), w) for w in words if re.search(rf"\b{w}\b", text)]
-        return min(found)[1] if found else None
-
     def truth(words, refs):
-        return first(words, refs[0].lower())
+        return first_word(words, refs[0].lower())
 
     out = {}
     for attr, words in ATTRIBUTES.items():
-        hits = [first(words, r["prediction"].lower()) == truth(words, r["references"]) for r in records]
+        hits = [first_word(words, r["prediction"].lower()) == truth(words, r["references"]) for r in records]
         out[attr] = round(sum(hits) / max(len(hits), 1), 3)
     return out
 

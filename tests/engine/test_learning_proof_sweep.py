@@ -105,7 +105,10 @@ def test_attribute_accuracy_reads_the_first_word_of_each_kind():
 class _MaskEcho(torch.nn.Module):
     """Predicts each ground-truth mask (or its complement) as 4x4 low-res logits, like predict_masks."""
 
-    tokenizer = SimpleNamespace(pad_token_id=0)
+    # token 5 + k asks for the k-th (colour, shape); items 0 and 1 share "red" (see _seg_item)
+    words = {5: "red circle", 6: "red square", 7: "blue star"}
+    tokenizer = SimpleNamespace(pad_token_id=0,
+                                decode=lambda ids, skip_special_tokens: "the " + _MaskEcho.words[int(ids[0])])
 
     def __init__(self, invert=False):
         super().__init__()
@@ -122,7 +125,7 @@ class _MaskEcho(torch.nn.Module):
 def _seg_item(k):
     mask = torch.zeros(1, 8, 8, dtype=torch.uint8)
     mask[0, 2 * k:2 * k + 4, 0:2 * (k + 1)] = 1  # 2x2-block aligned, so 4x4 logits upsample back exactly
-    return dict(input_ids=torch.tensor([5, 6, 7]), labels=torch.tensor([-100, 6, 7]), pixel_values=None,
+    return dict(input_ids=torch.tensor([5 + k, 6, 7]), labels=torch.tensor([-100, 6, 7]), pixel_values=None,
                 g_pixel_values=torch.zeros(3, 8, 8, dtype=torch.uint8), masks=mask, prompt_masks=None,
                 frames_per_batch=1)
 
@@ -138,7 +141,9 @@ def test_teacher_forced_eval_scores_ciou_of_the_predicted_masks(tmp_path, invert
     right = 1.0 if expected else 0.0
     assert record == dict(iter=10, cIoU=expected, items=3,
                           outcomes=dict(right=right, over=0.0, wrong=1.0 - right, empty=0.0),
-                          precision=right, recall=right)
+                          precision=right, recall=right,
+                          by_colour=dict(blue=[1, right, 0.0], red=[2, right, 0.0]),
+                          by_shape=dict(circle=[1, right, 0.0], square=[1, right, 0.0], star=[1, right, 0.0]))
     runner.iter = 10  # not a multiple of the interval: no evaluation
     hook.after_train_iter(runner, 0)
     assert len(open(tmp_path / "tf_eval.jsonl").readlines()) == 1
