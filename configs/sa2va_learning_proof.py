@@ -42,8 +42,10 @@ with read_base():
 #   0.44-0.64, recall 0.47-0.87; twelfth session). At x0.3 throughout one run of two left the first plateau and
 #   then passed the second one (cIoU 0.89), the other never left the first. A step at 1000 of 2000 iterations gave
 #   cIoU 0.886 / 0.224 / 0.892 / 0.665 (4 seeds, eleventh session); the step at 1500 of 3000 leaves more
-#   iterations on both sides of it: 0.635 / 0.390 / 0.876 / 0.885 on a slower shared host that stopped at ~2190
-#   iterations, and one run on one H100 at teacher-forced 0.70 at 2000 (twelfth session; see docs/benchmarks.md);
+#   iterations on both sides of it. Run to its end (thirteenth session, 9 seeds): cIoU >= 0.75 in 5 of 9
+#   (0.759-0.890), the other 4 stuck at 0.43-0.55 from iteration ~1000-2000 on. That plateau groups colours: some
+#   colours are segmented right every time, the others get masks over several shapes. A colour-prompted probe
+#   of this SAM2 (no LLM) separates all six colours, so the merge is in the [SEG] prompts (docs/benchmarks.md);
 # - mask-loss weights x25. The mask losses reach the shared LLM much weaker than the LM loss (~1000x at gain 1,
 #   measured on the LLM weights), so they are scaled up; at x100 (with gain 4) they drown the captions instead:
 #   the captions named the region's colour at chance level (0.11-0.36) in 6 of 7 runs at x100, and 0.99-1.00 in
@@ -57,10 +59,10 @@ with read_base():
 #   0.75 / 0.72 / 0.72 / 0.82 but cIoU 0.23 / 0.51 / 0.50 / 0.25 (tenth session, 1 question per image);
 # - batch 64: the small model's step is bound by the host (0.17 s at batch 16, ~0.3 s at 64 alone on an H100),
 #   so 4x the batch is ~2.5x the samples per second. On one H100 (16 cores, 14 loader workers) an iteration takes
-#   ~0.12 s while only captions train and ~0.195 s with both tasks since the training loop stopped pausing 2 s at
-#   every data epoch (EpochIterator, twelfth session; an epoch is ~40 batches): ~2500 iterations in the 480-s
-#   limit, which ends the run before max_iters (the learning rate is then at ~10 % of its peak). The endless
-#   sampler (below) removes the ~1-s wait at the start of each epoch too; on the GPU that is not measured yet.
+#   ~0.087 s while only captions train and ~0.148 s with both tasks, since the training loop stopped pausing 2 s
+#   at every data epoch (EpochIterator, twelfth session; an epoch is ~40 batches) and the endless sampler (below)
+#   stopped the ~1-s refill at each epoch start (thirteenth session; 0.195 s with EpochIterator alone): the 3000
+#   iterations take ~420 s, inside the 480-s limit, and the whole run with evaluation 517 s.
 # ------------------------------------------------------------------ sizes
 assets = './work_dirs/learning_proof_assets'
 internvl_size = dict(image_size=224, vision_hidden=192, vision_layers=4, vision_heads=3,   # 64 tokens per tile
