@@ -15,6 +15,8 @@ A run is ``NAME:key=value,...``. Keys:
   vit_pos=zeros|sincos  the tiny InternViT's initial position embeddings (own asset directory)
   internvl.KEY=V     a size of the tiny InternVL (``make_tiny_models``' internvl dict, e.g. internvl.text_hidden=768,
             internvl.text_init_range=0.035); its own asset directory
+  sam2.KEY=V         a size of the tiny SAM2 (``make_tiny_sam2``: sam2.d_model=128, the decoder width, whose mask
+            embedding has d_model/8 channels; sam2.embed_dim); its own asset directory
   seed=N    training seed (data order, new-token rows, text_hidden_fcs); the tiny models and data keep seed 0
   batch=N   per-GPU batch size (the length-grouped sampler's too)
   tasks=both|seg|caption  what to train on (and evaluate at the end): both halves of the proof (default), only
@@ -137,12 +139,14 @@ def variant_config(options: dict):
         root = cfg.prepare.root
         cfg.prepare.internvl.vision_positions = pos
         _replace_prefix(cfg._cfg_dict, root, f"{root}_pos{pos}")
-    sizes = {k[len("internvl."):]: options.pop(k) for k in [k for k in options if k.startswith("internvl.")]}
-    if sizes:
-        root = cfg.prepare.root
-        for key, value in sizes.items():
-            cfg.prepare.internvl[key] = DictAction._parse_iterable(value)  # '768' -> 768, '1e-3' -> 0.001
-        _replace_prefix(cfg._cfg_dict, root, root + "_" + "_".join(f"{k}{v}" for k, v in sorted(sizes.items())))
+    for model in ("internvl", "sam2"):  # sizes of a tiny model, e.g. internvl.text_hidden=768, sam2.d_model=128
+        sizes = {k[len(model) + 1:]: options.pop(k) for k in [k for k in options if k.startswith(model + ".")]}
+        if sizes:
+            root = cfg.prepare.root
+            for key, value in sizes.items():
+                cfg.prepare[model][key] = DictAction._parse_iterable(value)  # '768' -> 768, '1e-3' -> 0.001
+            suffix = "_".join(f"{k}{v}" for k, v in sorted(sizes.items()))
+            _replace_prefix(cfg._cfg_dict, root, f"{root}_{'' if model == 'internvl' else model + '_'}{suffix}")
     if "seed" in options:
         cfg.randomness.seed = int(options.pop("seed"))
     if "ncls" in options:
@@ -218,6 +222,31 @@ def mask_outcome(result) -> tuple[str, float, float]:
     return ("over" if recall >= 0.5 and precision < 0.5 else "wrong"), precision, recall
 
 
+def colour_separability(vectors: torch.Tensor, labels: list) -> tuple[float, dict]:
+    """How well ``vectors`` [N, D] tell their ``labels`` apart: leave-one-out nearest-centroid accuracy, by cosine
+    after removing the mean vector (a large shared component would otherwise hide what differs). Returns (overall
+    accuracy, {label: accuracy}); labels seen once are left out (no centroid without them)."""
+    x = vectors.float() - vectors.float().mean(0)
+    names = sorted({lab for lab in labels if lab is not None}, key=str)
+    y = torch.tensor([names.index(lab) if lab in names else -1 for lab in labels])
+    counts = torch.bincount(y[y >= 0], minlength=len(names)).float()
+    sums = torch.zeros(len(names), x.shape[1]).index_add_(0, y[y >= 0], x[y >= 0])
+    hits, tried = Counter(), Counter()
+    for i in range(len(labels)):
+        c = int(y[i])
+        if c < 0 or counts[c] < 2:
+            continue
+        centroids = sums / counts[:, None]
+        centroids[c] = (sums[c] - x[i]) / (counts[c] - 1)  # its own class without it
+        centroids[counts < 1] = float("nan")
+        guess = int(torch.nan_to_num(F.cosine_similarity(x[i][None], centroids, dim=1), nan=-2.0).argmax())
+        tried[names[c]] += 1
+        hits[names[c]] += guess == c
+    total = sum(tried.values())
+    return (round(sum(hits.values()) / total, 3) if total else float("nan"),
+            {str(n): round(hits[n] / tried[n], 2) for n in names if tried[n]})
+
+
 @HOOKS.register_module()
 class TeacherForcedSegEval(Hook):
     """Held-out cIoU with the answer teacher-forced: the dataset's own "...[SEG]." target is the input, the model
@@ -226,7 +255,11 @@ class TeacherForcedSegEval(Hook):
 
     Each record also says what kind of mistakes the masks make (:func:`mask_outcome`): the share of objects
     segmented right, over-segmented (the target plus other shapes), wrong or missed, and empty, with the mean pixel
-    precision and recall, which tell the "segment every shape" and "target plus one more" plateaus apart."""
+    precision and recall, which tell the "segment every shape" and "target plus one more" plateaus apart; and the
+    same per colour and shape named in the question (``by_colour`` / ``by_shape``: [objects, share right, share
+    over]). ``seg_state_colour`` / ``prompt_colour`` say how well the [SEG] hidden states and their projections
+    (the SAM2 prompts) tell the named colours apart (:func:`colour_separability`; chance ~0.2): a run whose masks
+    merge some colours shows whether the merge is already in the LLM's states or only after the projection."""
 
     priority = "LOW"
 
@@ -251,15 +284,21 @@ class TeacherForcedSegEval(Hook):
         metric = ReferSegMetric()
         outcomes, precision, recall = Counter(), [], []
         by_attribute = {attr: {} for attr in ("colour", "shape")}  # attr -> value -> Counter of outcomes
+        seg_states, colours = [], []  # the first [SEG] state of each item, the colour its question names
         n = min(self.max_items, len(self.dataset))
         for start in range(0, n, self.batch_size):
             items = [self.dataset[i] for i in range(start, min(start + self.batch_size, n))]
             data = model.data_preprocessor(sa2va_collate_fn(items, model.tokenizer.pad_token_id or 0), False)["data"]
-            for i, (pred, gt) in enumerate(zip(model.predict_masks(data)["pred_masks"], data["masks"])):
+            predicted = model.predict_masks(data)
+            for i, (pred, gt) in enumerate(zip(predicted["pred_masks"], data["masks"])):
                 pred = F.interpolate(pred[:, None].float(), size=gt.shape[-2:], mode="bilinear")[:, 0] > 0
                 # one question per item: the colour and shape it names (every refcocog sentence names both)
                 question = model.tokenizer.decode(data["input_ids"][i], skip_special_tokens=True).lower()
                 named = {attr: first_word(ATTRIBUTES[attr], question) for attr in by_attribute}
+                is_seg = data["input_ids"][i] == model.seg_token_idx
+                if bool(is_seg.any()):
+                    seg_states.append(predicted["hidden_states"][i][is_seg][0].float())
+                    colours.append(named["colour"])
                 for k in range(gt.shape[0]):  # one [SEG] per object
                     kind, p, r = mask_outcome(metric.add(pred[k], gt[k], key=(start + i, k)))
                     outcomes[kind] += 1
@@ -267,6 +306,14 @@ class TeacherForcedSegEval(Hook):
                     recall.append(r)
                     for attr, value in named.items():
                         by_attribute[attr].setdefault(value, Counter())[kind] += 1
+        separability = {}
+        if len(seg_states) > 1:
+            states = torch.stack(seg_states)
+            prompts = model.text_hidden_fcs(states.to(next(model.text_hidden_fcs.parameters()).dtype))
+            for key, vectors in (("seg_state_colour", states), ("prompt_colour", prompts)):
+                overall, per_colour = colour_separability(vectors.cpu(), colours)
+                separability[key] = overall
+                separability[key + "_by_colour"] = per_colour
         model.train()
         objects = max(1, len(recall))
         record = dict(iter=runner.iter + 1, cIoU=round(metric.compute()["cIoU"], 4), items=n,
@@ -276,7 +323,7 @@ class TeacherForcedSegEval(Hook):
                       **{f"by_{attr}": {str(v): [sum(c.values()), round(c["right"] / sum(c.values()), 2),
                                                  round(c["over"] / sum(c.values()), 2)]
                                         for v, c in sorted(values.items(), key=lambda kv: str(kv[0]))}
-                         for attr, values in by_attribute.items()})
+                         for attr, values in by_attribute.items()}, **separability)
         runner.logger.info(f"teacher-forced val {json.dumps(record)}")
         with open(os.path.join(runner.work_dir, "tf_eval.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")

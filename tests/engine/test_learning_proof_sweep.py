@@ -110,16 +110,23 @@ class _MaskEcho(torch.nn.Module):
     tokenizer = SimpleNamespace(pad_token_id=0,
                                 decode=lambda ids, skip_special_tokens: "the " + _MaskEcho.words[int(ids[0])])
 
+    seg_token_idx = 7
+
     def __init__(self, invert=False):
         super().__init__()
         self.invert = invert
+        self.text_hidden_fcs = torch.nn.Linear(2, 2)
 
     def data_preprocessor(self, batch, training):
         return batch
 
     def predict_masks(self, data):
         sign = -1 if self.invert else 1
-        return {"pred_masks": [sign * (m[:, ::2, ::2].float() * 20 - 10) for m in data["masks"]]}
+        # hidden state of every token: (question token, position); only the [SEG] (last) token's is read
+        ids = data["input_ids"].float()
+        hidden = torch.stack([ids, torch.arange(ids.shape[1]).expand_as(ids).float()], dim=-1)  # [B, L, 2]
+        return {"hidden_states": hidden,
+                "pred_masks": [sign * (m[:, ::2, ::2].float() * 20 - 10) for m in data["masks"]]}
 
 
 def _seg_item(k):
@@ -143,7 +150,10 @@ def test_teacher_forced_eval_scores_ciou_of_the_predicted_masks(tmp_path, invert
                           outcomes=dict(right=right, over=0.0, wrong=1.0 - right, empty=0.0),
                           precision=right, recall=right,
                           by_colour=dict(blue=[1, right, 0.0], red=[2, right, 0.0]),
-                          by_shape=dict(circle=[1, right, 0.0], square=[1, right, 0.0], star=[1, right, 0.0]))
+                          by_shape=dict(circle=[1, right, 0.0], square=[1, right, 0.0], star=[1, right, 0.0]),
+                          # the two red questions' [SEG] states are equal; blue is asked once: no centroid
+                          seg_state_colour=1.0, seg_state_colour_by_colour=dict(red=1.0),
+                          prompt_colour=1.0, prompt_colour_by_colour=dict(red=1.0))
     runner.iter = 10  # not a multiple of the interval: no evaluation
     hook.after_train_iter(runner, 0)
     assert len(open(tmp_path / "tf_eval.jsonl").readlines()) == 1
@@ -182,6 +192,15 @@ def test_internvl_size_options_get_their_own_asset_directory():
     assert c.prepare.root == base.prepare.root + "_text_hidden768_text_init_range0.035"
     assert c.model.mllm.model_path.startswith(c.prepare.root) and c.tokenizer.pretrained_model_name_or_path.startswith(
         c.prepare.root)
+
+
+def test_sam2_size_options_get_their_own_asset_directory():
+    base = sweep.variant_config({})
+    c = sweep.variant_config(sweep.parse_spec("w:sam2.d_model=128")[1])
+    assert c.prepare.sam2.d_model == 128 and c.prepare.sam2.embed_dim == base.prepare.sam2.embed_dim
+    assert c.prepare.root == base.prepare.root + "_sam2_d_model128"
+    enc = c.model.grounding_encoder
+    assert enc.cfg_path.startswith(c.prepare.root + "/") and enc.ckpt_path.startswith(c.prepare.root + "/")
 
 
 def test_child_env_deals_gpus_and_shares_the_cores(monkeypatch):
@@ -241,3 +260,22 @@ def test_plot_runs_splits_the_losses_by_task(tmp_path):
     with mock.patch.object(sys, "argv", ["plot_runs.py", str(tmp_path / "out.png"), str(run), "--window", "4"]):
         plot_runs.main()
     assert (tmp_path / "out.png").stat().st_size > 0
+
+
+def test_colour_separability_tells_merged_colours_from_separate_ones():
+    g = torch.Generator().manual_seed(0)
+    centres = {"red": torch.tensor([5.0, 0, 0]), "blue": torch.tensor([0, 5.0, 0]), "green": torch.tensor([0, 0, 5.0])}
+    labels = [c for c in centres for _ in range(10)]
+    shared = torch.tensor([100.0, 100.0, 100.0])  # a large common part, removed before comparing
+    separate = torch.stack([shared + centres[c] + 0.5 * torch.randn(3, generator=g) for c in labels])
+    overall, per = sweep.colour_separability(separate, labels)
+    assert overall == 1.0 and per == dict(blue=1.0, green=1.0, red=1.0)
+    # red and blue merged into one vector: they are told apart at chance, green still always
+    merged = separate.clone()
+    merged[:20] = shared + torch.tensor([2.5, 2.5, 0]) + 0.5 * torch.randn(20, 3, generator=g)
+    overall, per = sweep.colour_separability(merged, labels)
+    assert per["green"] == 1.0 and per["red"] + per["blue"] < 1.4
+    assert overall < 0.8
+    # a colour seen once has no centroid to be told from: left out; no colour (None) too
+    overall, per = sweep.colour_separability(separate[:11], labels[:10] + [None])
+    assert per == dict(red=1.0)
