@@ -62,7 +62,7 @@ with read_base():
 #   ~0.087 s while only captions train and ~0.148 s with both tasks, since the training loop stopped pausing 2 s
 #   at every data epoch (EpochIterator, twelfth session; an epoch is ~40 batches) and the endless sampler (below)
 #   stopped the ~1-s refill at each epoch start (thirteenth session; 0.195 s with EpochIterator alone): the 3000
-#   iterations take ~420 s, inside the 480-s limit, and the whole run with evaluation 517 s.
+#   iterations take ~430 s, inside the 480-s limit; assets, setup, training and evaluation 546 s.
 # ------------------------------------------------------------------ sizes
 assets = './work_dirs/learning_proof_assets'
 internvl_size = dict(image_size=224, vision_hidden=192, vision_layers=4, vision_heads=3,   # 64 tokens per tile
