@@ -74,19 +74,68 @@ def test_rejects_what_it_cannot_stage():
         TaskCurriculumSampler(_Concat(4, 0), sampler=inner, first_iters=1, first_datasets=[1], batch_size=2)
 
 
-def test_a_resumed_run_rereads_into_the_same_stream():
-    """No ``set_start``: ``TrainLoop`` resumes by re-reading the trained batches from a fresh sampler, which
-    passes the same stage boundary and epochs (the loop's iterator sets the epoch at each rollover)."""
+def _loop_stream(inner, k, n, drop_last=False, workers=0, sizes=(20, 10)):
+    """Batches n.. of a TrainLoop over a curriculum sampler, resumed at iteration k (k=0: not resumed)."""
+    from unittest import mock
+
+    from sa2va.engine.loops import TrainLoop
+
+    ds = _Concat(*sizes)
+    sampler = TaskCurriculumSampler(ds, sampler=inner, first_iters=6, first_datasets=[1], batch_size=4, seed=2)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, drop_last=drop_last, num_workers=workers,
+                        persistent_workers=workers > 0)
+    loop = TrainLoop(mock.MagicMock(), loader, max_iters=100)
+    loop._iter = k
+    if k:
+        loop._position_data()
+    return [next(loop.dataloader_iterator).tolist() for _ in range(n - k)], sampler
+
+
+@pytest.mark.parametrize("endless,drop_last", [(False, False), (False, True), (True, False)])
+def test_a_resumed_run_seeks_into_the_same_stream(endless, drop_last):
+    """TrainLoop positions a resumed run with seek(): the stream from iteration k on is the uninterrupted one's,
+    across the stage change and the epoch ends (a first-stage epoch is 11 indices: 2 full batches and a partial
+    one, which drop_last drops but the stage counts), and no batch is re-read."""
+    inner = dict(type=LengthGroupedSampler, per_device_batch_size=4, endless=endless)
+    full, sampler = _loop_stream(inner, 0, 30, drop_last)
+    change = 4 if drop_last else 6  # 6 batches begun; with drop_last 2 of them were partial and dropped
+    assert all(i >= 20 for b in full[:change] for i in b) and any(i < 20 for i in full[change])
+    assert len(full[2]) == (4 if endless or drop_last else 3)  # the first epoch's partial batch (finite sampler)
+    for k in (1, 2, 3, 5, 6, 7, 13, 21):
+        resumed, resumed_sampler = _loop_stream(inner, k, 30, drop_last)
+        assert resumed == full[k:], k
+        assert resumed_sampler.batches == sampler.batches, k  # the same batches begun (what the stage counts)
+
+
+def test_a_resume_seeks_with_a_loader_worker():
+    """With a worker the sampler is drawn ahead; the new iterator after seek() still starts at the trained batch."""
+    inner = dict(type=LengthGroupedSampler, per_device_batch_size=4, endless=True)
+    full, _ = _loop_stream(inner, 0, 20, workers=1)
+    assert _loop_stream(inner, 9, 20, workers=1)[0] == full[9:]
+
+
+def test_seek_needs_a_wrapped_sampler_that_can_start_anywhere():
+    ds = _Concat(8, 8)
+    plain = TaskCurriculumSampler(ds, sampler=dict(type=EpochDefaultSampler, shuffle=True), first_iters=1,
+                                  first_datasets=[0], batch_size=2)
+    assert not plain.seekable
+    with pytest.raises(TypeError, match="set_start"):
+        plain.seek(3)
+
+
+def test_a_resumed_run_without_seek_rereads_into_the_same_stream():
+    """Wrapping a sampler without ``set_start``, ``TrainLoop`` resumes by re-reading the trained batches from a
+    fresh sampler, which passes the same stage boundary and epochs (the loop's iterator sets the epoch at each
+    rollover)."""
     from sa2va.engine.loops import EpochIterator
 
     def stream(n):
         ds = _Concat(20, 10)
-        sampler = TaskCurriculumSampler(ds, sampler=dict(type=LengthGroupedSampler, per_device_batch_size=4),
+        sampler = TaskCurriculumSampler(ds, sampler=dict(type=EpochDefaultSampler, shuffle=True),
                                         first_iters=6, first_datasets=[1], batch_size=4, seed=2)
         it = EpochIterator(DataLoader(ds, batch_size=4, sampler=sampler))
         return [next(it).tolist() for _ in range(n)]
 
-    assert not hasattr(TaskCurriculumSampler, "set_start")
     full = stream(20)
     assert all(i >= 20 for b in full[:6] for i in b) and any(i < 20 for i in full[6])
     assert stream(20) == full  # what the resumed run re-reads (its first k batches) and then trains on

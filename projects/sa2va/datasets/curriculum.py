@@ -18,8 +18,12 @@ Config (the captions, dataset 1 of the ConcatDataset, alone for the first 400 it
 
 ``batch_size`` is the dataloader's (per rank). The sampler counts batches as it cuts its index stream into them
 (a first-stage epoch may end in a partial batch, which counts as one), so every rank changes stage at the same
-iteration. With ``drop_last=True`` the dropped partial batches count too. Resuming re-reads the batches already
-trained on (mmengine's default, see ``sa2va.engine.TrainLoop``): the stage boundary and the data order are those
+iteration. With ``drop_last=True`` the dropped partial batches count too.
+
+Resuming: when the wrapped sampler can seek (``set_epoch`` + ``set_start``, as ``LengthGroupedSampler``),
+:meth:`TaskCurriculumSampler.seek` places the stream at a training batch. It replays the earlier batches as indices
+only (no item is loaded), through the stage change and the epoch ends. ``sa2va.engine.TrainLoop`` calls it. Otherwise
+the loop re-reads the batches already trained on. Either way the stage boundary and the data order are those
 of the uninterrupted run.
 """
 from __future__ import annotations
@@ -71,10 +75,11 @@ class TaskCurriculumSampler(Sampler):
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[int | EpochIndex]:
-        passed = 0  # indices passed on in this epoch; the DataLoader cuts them into batches of batch_size
+    def _stream(self) -> Iterator[tuple[int, int | EpochIndex]]:
+        """(position in the wrapped sampler's iteration, index) of every index passed on."""
+        passed = 0  # indices passed on in this iteration; the DataLoader cuts them into batches of batch_size
         first_stage = True
-        for index in self.sampler:
+        for position, index in enumerate(self.sampler):
             if passed % self.batch_size == 0:  # this index begins a batch: the batch's stage is decided here
                 first_stage = self.batches < self.first_iters
             if first_stage and self._dataset_of(index) not in self.first_datasets:
@@ -82,7 +87,49 @@ class TaskCurriculumSampler(Sampler):
             if passed % self.batch_size == 0:
                 self.batches += 1
             passed += 1
-            yield index
+            yield position, index
+
+    def __iter__(self) -> Iterator[int | EpochIndex]:
+        return (index for _, index in self._stream())
+
+    @property
+    def seekable(self) -> bool:
+        """Whether :meth:`seek` can place a resumed run: the wrapped sampler has ``set_epoch`` and ``set_start``."""
+        return hasattr(self.sampler, "set_epoch") and hasattr(self.sampler, "set_start")
+
+    def seek(self, batch: int, drop_last: bool = False) -> int:
+        """Make the next ``__iter__`` continue at training batch ``batch`` (0-based, counted from the start of
+        training) exactly as the uninterrupted run goes on. Returns the epoch the stream is then in.
+
+        The batches before it are replayed as indices only (the wrapped sampler's orders, no items). The replay
+        starts at epoch 0 and goes through the stage change and the epoch ends. A ``drop_last`` DataLoader drops a
+        partial last batch of an epoch, which the training loop never counts. With an endless wrapped sampler,
+        whose epochs all have ``len()`` indices, the epoch of a position is ``position // len()``."""
+        if not self.seekable:
+            raise TypeError(f"TaskCurriculumSampler.seek: the wrapped {type(self.sampler).__name__} has no "
+                            f"set_epoch / set_start")
+        if batch < 0:
+            raise ValueError(f"TaskCurriculumSampler.seek: batch must be >= 0, got {batch}")
+        endless = getattr(self.sampler, "endless", False)
+        self.batches, dropped, epoch = 0, 0, 0
+        while True:
+            self.sampler.set_epoch(epoch)
+            self.sampler.set_start(0)
+            per_epoch = len(self.sampler)
+            passed = 0
+            for position, _ in self._stream():
+                # an index that begins a batch has just been counted in self.batches
+                if passed % self.batch_size == 0 and self.batches - 1 - dropped == batch:
+                    self.batches -= 1  # the resumed iteration begins this batch again
+                    if endless:
+                        epoch, position = epoch + position // per_epoch, position % per_epoch
+                    self.sampler.set_epoch(epoch)
+                    self.sampler.set_start(position)
+                    return epoch
+                passed += 1
+            if drop_last and passed % self.batch_size:
+                dropped += 1
+            epoch += 1
 
     def __len__(self) -> int:
         """The wrapped sampler's length (an epoch of the first stage is shorter)."""

@@ -1,8 +1,9 @@
 """Iteration-based training loop that is given epochs (like xtuner's TrainLoop) and resumes exactly.
 
 On resume, mmengine's loop re-reads (and discards) every batch already trained on. Ours positions the sampler
-instead when it supports ``set_start`` (ours do), then restores the RNG states saved with the checkpoint *after*
-the data iterator exists, so the resumed run draws exactly the random numbers the uninterrupted one drew.
+instead when it supports ``set_start`` (ours do) or seeks itself (``TaskCurriculumSampler.seek``), then restores
+the RNG states saved with the checkpoint *after* the data iterator exists, so the resumed run draws exactly the
+random numbers the uninterrupted one drew.
 
 Between epochs mmengine's data iterator sleeps 2 s ("prevent possible deadlock"); ours does not (``EpochIterator``).
 """
@@ -83,16 +84,21 @@ class TrainLoop(IterBasedTrainLoop):
     def _position_data(self) -> None:
         """Continue the data stream at iteration ``self._iter`` without loading the skipped batches."""
         sampler = getattr(self.dataloader, "sampler", None)
-        per_epoch = len(self.dataloader)
-        epoch, offset = divmod(self._iter, per_epoch)
-        if sampler is not None and hasattr(sampler, "set_start"):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            sampler.set_start(offset * self.dataloader.batch_size)
+        seeks_itself = getattr(sampler, "seekable", False)  # TaskCurriculumSampler: its epochs vary in length
+        if seeks_itself or (sampler is not None and hasattr(sampler, "set_start")):
+            if seeks_itself:
+                epoch = sampler.seek(self._iter, drop_last=self.dataloader.drop_last)
+                where = f"epoch {epoch}"
+            else:
+                epoch, offset = divmod(self._iter, len(self.dataloader))
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
+                sampler.set_start(offset * self.dataloader.batch_size)
+                where = f"epoch {epoch}, batch {offset}"
             # a new DataLoader iterator: the one made at construction has drawn its first indices already
             self.dataloader_iterator = EpochIterator(self.dataloader)
             self.dataloader_iterator._epoch = epoch
-            self.runner.logger.info(f"resumed data stream at epoch {epoch}, batch {offset} (no batches re-read)")
+            self.runner.logger.info(f"resumed data stream at iteration {self._iter} ({where}; no batches re-read)")
         else:
             self.runner.logger.info(f"sampler cannot seek: reading {self._iter} batches to skip them")
             for _ in range(self._iter):
