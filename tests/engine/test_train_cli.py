@@ -101,6 +101,53 @@ def test_resume_after_sigkill_is_exact(tmp_path, demo_assets):
     assert find_resumable_checkpoint(str(run_a)) == str(run_a / "iter_4.pth")
 
 
+CURRICULUM_CONFIG = """
+from mmengine.config import read_base
+
+from sa2va.datasets import LengthGroupedSampler, TaskCurriculumSampler
+
+with read_base():
+    from .sa2va_demo import *  # noqa: F401,F403
+
+# region captions (dataset 2) alone for 6 batches, then everything (the learning proof's curriculum)
+train_dataloader.sampler = dict(  # noqa: F405
+    type=TaskCurriculumSampler, first_iters=6, first_datasets=[2], batch_size=batch_size,  # noqa: F405
+    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size, endless=True))  # noqa: F405
+"""
+
+
+def test_resume_with_a_curriculum_sampler_seeks_and_is_exact(tmp_path, demo_assets):
+    """A run resumed from iteration 4 of 8, still in the curriculum's first stage (batches 1-6): the sampler
+    seeks (no batch re-read) and the resumed iterations 5-8, across the stage change, match the uninterrupted run."""
+    import shutil
+
+    def cmd(cwd, *extra):
+        for name in ("sa2va_demo.py", "curriculum.py"):  # the demo's config beside it, for read_base
+            if not (cwd / name).exists():
+                if name == "curriculum.py":
+                    (cwd / name).write_text(CURRICULUM_CONFIG)
+                else:
+                    shutil.copy(REPO / "configs" / name, cwd / name)
+        return [sys.executable, str(REPO / "tools" / "train.py"), "curriculum.py", "--work-dir", "run",
+                "--cfg-options", *OPTS, *extra]
+
+    straight = _workdir(tmp_path, demo_assets, "straight")
+    _run(cmd(straight), straight)
+    resumed = _workdir(tmp_path, demo_assets, "resumed")
+    (resumed / "run").mkdir()
+    for name in ("iter_4.pth", "iter_4.pth.complete"):
+        shutil.copy(straight / "run" / name, resumed / "run" / name)
+    proc = _run(cmd(resumed, "--resume", "auto"), resumed)
+    assert "resumed data stream at iteration 4" in proc.stdout + proc.stderr
+    assert "batches to skip them" not in proc.stdout + proc.stderr  # nothing re-read
+    a, b = _losses(straight / "run"), _losses(resumed / "run")
+    assert sorted(b) == [5, 6, 7, 8]
+    for it in range(5, 9):
+        assert a[it] == b[it], (it, a[it], b[it])
+    captions_only = [a[it]["loss_mask"] == 0 for it in range(1, 9)]  # region captions have no masks
+    assert captions_only[:6] == [True] * 6 and not all(captions_only[6:])
+
+
 def test_dist_sh_two_processes_on_cpu(tmp_path, demo_assets):
     cwd = _workdir(tmp_path, demo_assets, "dist")
     env = dict(os.environ, DEEPSPEED="none")
