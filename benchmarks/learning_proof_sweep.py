@@ -62,6 +62,8 @@ from mmengine.registry import HOOKS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "projects"))
+
+from sa2va.datasets.synthetic import COLOURS, HPOS, SHAPES, VPOS  # noqa: E402
 CONFIG = os.path.join(REPO, "configs", "sa2va_learning_proof.py")
 
 
@@ -231,15 +233,15 @@ def colour_separability(vectors: torch.Tensor, labels: list) -> tuple[float, dic
     y = torch.tensor([names.index(lab) if lab in names else -1 for lab in labels])
     counts = torch.bincount(y[y >= 0], minlength=len(names)).float()
     sums = torch.zeros(len(names), x.shape[1]).index_add_(0, y[y >= 0], x[y >= 0])
+    means = sums / counts[:, None]  # every name has at least one vector
     hits, tried = Counter(), Counter()
     for i in range(len(labels)):
         c = int(y[i])
         if c < 0 or counts[c] < 2:
             continue
-        centroids = sums / counts[:, None]
+        centroids = means.clone()
         centroids[c] = (sums[c] - x[i]) / (counts[c] - 1)  # its own class without it
-        centroids[counts < 1] = float("nan")
-        guess = int(torch.nan_to_num(F.cosine_similarity(x[i][None], centroids, dim=1), nan=-2.0).argmax())
+        guess = int(F.cosine_similarity(x[i][None], centroids, dim=1).argmax())
         tried[names[c]] += 1
         hits[names[c]] += guess == c
     total = sum(tried.values())
@@ -353,9 +355,8 @@ def _train_child(spec: str, work_dir: str) -> None:
     os._exit(0)
 
 
-ATTRIBUTES = dict(colour=("red", "green", "blue", "yellow", "purple", "orange"),
-                  shape=("circle", "square", "triangle", "rectangle", "star"),
-                  hpos=("left", "middle", "right"), vpos=("top", "center", "bottom"))
+# the words the synthetic data's sentences and captions use
+ATTRIBUTES = dict(colour=tuple(COLOURS), shape=SHAPES, hpos=HPOS, vpos=VPOS)
 
 
 def first_word(words, text: str) -> str | None:

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects"))
 
+from sa2va.datasets.masks import decode_segmentation  # noqa: E402
 from sa2va.datasets.synthetic import COLOURS, _draw_scene  # noqa: E402
 from sa2va.models.losses import CrossEntropyLoss, DiceLoss  # noqa: E402
 from sa2va.models.sam2_runner import SAM2TrainRunner  # noqa: E402
@@ -42,18 +43,16 @@ COLOUR_NAMES = list(COLOURS)
 def draw_scene(task: tuple[int, int, int]) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Scene ``index`` of ``seed`` as the learning proof draws its images (640x480, 2-4 shapes of distinct colours),
     squashed to size x size (SAM2's DirectResize), with [(colour index, mask [size/4, size/4] bool)] per object."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     seed, index, size = task
     image, objs = _draw_scene(np.random.default_rng([seed, index]), dict(width=640, height=480, mode="RGB"))
     pixels = np.array(image.resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)  # numpy: pickled by the pool
     masks = []
-    for o in objs:
-        canvas = Image.new("L", (640, 480), 0)
-        for p in o["polygons"]:
-            ImageDraw.Draw(canvas).polygon([(p[j], p[j + 1]) for j in range(0, len(p), 2)], fill=1)
+    for k, o in enumerate(objs):  # the polygons decoded as the datasets decode them (pycocotools)
+        mask = decode_segmentation(o["polygons"], 480, 640, file=f"scene {seed}/{index}", record_id=k)
         masks.append((COLOUR_NAMES.index(o["colour"]),
-                      np.array(canvas.resize((size // 4, size // 4), Image.NEAREST)) > 0))
+                      np.array(Image.fromarray(mask).resize((size // 4, size // 4), Image.NEAREST)) > 0))
     return pixels, masks
 
 

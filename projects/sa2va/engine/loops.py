@@ -84,25 +84,24 @@ class TrainLoop(IterBasedTrainLoop):
     def _position_data(self) -> None:
         """Continue the data stream at iteration ``self._iter`` without loading the skipped batches."""
         sampler = getattr(self.dataloader, "sampler", None)
-        seeks_itself = getattr(sampler, "seekable", False)  # TaskCurriculumSampler: its epochs vary in length
-        if seeks_itself or (sampler is not None and hasattr(sampler, "set_start")):
-            if seeks_itself:
-                epoch = sampler.seek(self._iter, drop_last=self.dataloader.drop_last)
-                where = f"epoch {epoch}"
-            else:
-                epoch, offset = divmod(self._iter, len(self.dataloader))
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(epoch)
-                sampler.set_start(offset * self.dataloader.batch_size)
-                where = f"epoch {epoch}, batch {offset}"
-            # a new DataLoader iterator: the one made at construction has drawn its first indices already
-            self.dataloader_iterator = EpochIterator(self.dataloader)
-            self.dataloader_iterator._epoch = epoch
-            self.runner.logger.info(f"resumed data stream at iteration {self._iter} ({where}; no batches re-read)")
+        if getattr(sampler, "seekable", False):  # TaskCurriculumSampler: its epochs vary in length
+            epoch = sampler.seek(self._iter, drop_last=self.dataloader.drop_last)
+            where = f"epoch {epoch}"
+        elif sampler is not None and hasattr(sampler, "set_start"):
+            epoch, offset = divmod(self._iter, len(self.dataloader))
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            sampler.set_start(offset * self.dataloader.batch_size)
+            where = f"epoch {epoch}, batch {offset}"
         else:
             self.runner.logger.info(f"sampler cannot seek: reading {self._iter} batches to skip them")
             for _ in range(self._iter):
                 next(self.dataloader_iterator)
+            return
+        # a new DataLoader iterator: the one made at construction has drawn its first indices already
+        self.dataloader_iterator = EpochIterator(self.dataloader)
+        self.dataloader_iterator._epoch = epoch
+        self.runner.logger.info(f"resumed data stream at iteration {self._iter} ({where}; no batches re-read)")
 
     def run(self):
         self.runner.call_hook("before_train")
