@@ -10,10 +10,11 @@ tasks from the first iteration; no mmengine Runner and no hooks) and times, per 
 wait) and ``model.train_step`` (synchronised by reading the loss), for these variants, one after the other on one
 model:
 
-- ``loader``: the DataLoader as configured (``pin_memory=True``);
+- ``loader``: the DataLoader as configured (``pin_memory=True``; the config's sampler is endless since 5d9afce);
 - ``loader-nopin``: the same with ``pin_memory=False``;
-- ``loader-endless``: the sampler (``LengthGroupedSampler``) with ``endless=True``: one DataLoader iteration runs on
-  from epoch to epoch, so no epoch starts with an empty worker pipeline;
+- ``loader-finite`` / ``loader-endless``: the sampler (``LengthGroupedSampler``) with ``endless=False`` / ``True``:
+  an endless one runs one DataLoader iteration on from epoch to epoch, so no epoch starts with an empty worker
+  pipeline;
 - ``step-only``: the step on batches already collated in this process (cycling through 8 of them): the floor.
 
 A first pass of ``--warmup`` + ``--iters`` iterations of the first variant runs untimed before them: the first
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import platform
 import statistics
@@ -70,8 +72,8 @@ def loader_for(cfg, variant: str, workers: int, batch: int):
     loader_cfg.batch_size = loader_cfg.sampler.batch_size = loader_cfg.sampler.sampler.per_device_batch_size = batch
     if variant == "loader-nopin":
         loader_cfg.pin_memory = False
-    if variant == "loader-endless":  # the config's sampler is a TaskCurriculumSampler around a LengthGroupedSampler
-        loader_cfg.sampler.sampler.endless = True
+    if variant in ("loader-finite", "loader-endless"):  # a TaskCurriculumSampler around a LengthGroupedSampler
+        loader_cfg.sampler.sampler.endless = variant == "loader-endless"
     return Runner.build_dataloader(loader_cfg, seed=0)
 
 
@@ -101,17 +103,6 @@ def time_variant(model, optim_wrapper, batches, n_warmup: int, n_iters: int, sim
                 step_cap=statistics.median(cap) if cap else float("nan"), seg_share=len(seg) / len(kinds))
 
 
-class Cycle:
-    """The batches of a list again and again."""
-
-    def __init__(self, batches):
-        self.batches = batches
-
-    def __iter__(self):
-        while True:
-            yield from self.batches
-
-
 def run(args, compile_layers: bool, variants: list[str]) -> None:
     from sa2va.engine.loops import EpochIterator
 
@@ -121,7 +112,7 @@ def run(args, compile_layers: bool, variants: list[str]) -> None:
         loader = loader_for(cfg, "loader" if variant == "step-only" else variant, args.workers, args.batch)
         if variant == "step-only":
             it = iter(loader)
-            source = Cycle([next(it) for _ in range(8)])
+            source = itertools.cycle([next(it) for _ in range(8)])
             del it
         else:
             source = EpochIterator(loader)  # the training loop's iterator: the next epoch without a pause
@@ -143,7 +134,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=14)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--variants", nargs="+", default=["loader", "loader-nopin", "step-only"],
-                   choices=["loader", "loader-nopin", "loader-endless", "step-only"])
+                   choices=["loader", "loader-nopin", "loader-finite", "loader-endless", "step-only"])
     p.add_argument("--simulate-step", type=float, default=None, metavar="S",
                    help="no model: sleep S seconds per step (times the loader alone)")
     p.add_argument("--compile-layers", action="store_true")
