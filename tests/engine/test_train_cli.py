@@ -122,12 +122,8 @@ def test_resume_with_a_curriculum_sampler_seeks_and_is_exact(tmp_path, demo_asse
     import shutil
 
     def cmd(cwd, *extra):
-        for name in ("sa2va_demo.py", "curriculum.py"):  # the demo's config beside it, for read_base
-            if not (cwd / name).exists():
-                if name == "curriculum.py":
-                    (cwd / name).write_text(CURRICULUM_CONFIG)
-                else:
-                    shutil.copy(REPO / "configs" / name, cwd / name)
+        shutil.copy(REPO / "configs" / "sa2va_demo.py", cwd)  # beside the curriculum config, for read_base
+        (cwd / "curriculum.py").write_text(CURRICULUM_CONFIG)
         return [sys.executable, str(REPO / "tools" / "train.py"), "curriculum.py", "--work-dir", "run",
                 "--cfg-options", *OPTS, *extra]
 
