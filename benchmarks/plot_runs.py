@@ -6,7 +6,8 @@ Each run directory is one run of ``benchmarks/learning_proof_sweep.py`` (``losse
 A batch of the learning proof holds one task (length-grouped batches, one sample type per batch), so the losses
 split by task: caption batches have no mask loss (``loss_mask == 0``), segmentation batches do. Printed per run:
 the caption batches' LM loss per token and the segmentation batches' mask loss (sigmoid-CE + Dice, both weighted),
-as means over ``--window``-iteration windows, and the teacher-forced cIoU points.
+as means over ``--window``-iteration windows, and the teacher-forced cIoU points. Runs whose teacher-forced records
+carry ``seg_state_colour`` (how well the [SEG] hidden states tell the named colours apart) get a fourth panel with it.
 """
 from __future__ import annotations
 
@@ -46,11 +47,12 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for run in args.runs:
-        name = osp.basename(osp.normpath(run))
-        windows = task_windows(read_jsonl(osp.join(run, "losses.jsonl")), args.window)
-        tf = read_jsonl(osp.join(run, "tf_eval.jsonl"))
+    runs = {osp.basename(osp.normpath(run)): (read_jsonl(osp.join(run, "losses.jsonl")),
+                                               read_jsonl(osp.join(run, "tf_eval.jsonl"))) for run in args.runs}
+    separability = any("seg_state_colour" in r for _, tf in runs.values() for r in tf)
+    fig, axes = plt.subplots(1, 4 if separability else 3, figsize=(20 if separability else 15, 4))
+    for name, (losses, tf) in runs.items():
+        windows = task_windows(losses, args.window)
         for task, values in windows.items():
             print(f"{name} {task}: " + " ".join(f"{end}:{v:.3f}" for end, v in values))
         print(f"{name} teacher-forced cIoU: " + " ".join(f"{r['iter']}:{r['cIoU']:.3f}" for r in tf))
@@ -59,8 +61,13 @@ def main() -> None:
                 ax.plot(*zip(*windows[task]), marker=".", label=name)
         if tf:
             axes[2].plot([r["iter"] for r in tf], [r["cIoU"] for r in tf], marker="o", label=name)
+        colour = [(r["iter"], r["seg_state_colour"]) for r in tf if "seg_state_colour" in r]
+        if colour:
+            print(f"{name} [SEG]-state colour separability: " + " ".join(f"{i}:{v:.2f}" for i, v in colour))
+            axes[3].plot(*zip(*colour), marker="o", label=name)
     titles = (f"caption batches: LM loss per token ({args.window}-it means)",
-              f"segmentation batches: mask + Dice loss ({args.window}-it means)", "held-out cIoU, teacher-forced")
+              f"segmentation batches: mask + Dice loss ({args.window}-it means)", "held-out cIoU, teacher-forced",
+              "[SEG] states: named colour told apart (chance ~0.17)")
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("iteration")

@@ -244,7 +244,7 @@ def test_summarise_of_a_stopped_run_keeps_its_teacher_forced_curve(tmp_path):
     assert out["teacher_forced_cIoU"] == [dict(iter=975, cIoU=0.7, items=200)] and out["s_per_iter"] == 0.31
 
 
-def test_plot_runs_splits_the_losses_by_task(tmp_path):
+def test_plot_runs_splits_the_losses_by_task(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("plot_runs", REPO / "benchmarks" / "plot_runs.py")
     plot_runs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot_runs)
@@ -260,6 +260,15 @@ def test_plot_runs_splits_the_losses_by_task(tmp_path):
     with mock.patch.object(sys, "argv", ["plot_runs.py", str(tmp_path / "out.png"), str(run), "--window", "4"]):
         plot_runs.main()
     assert (tmp_path / "out.png").stat().st_size > 0
+    assert "separability" not in capsys.readouterr().out  # no such records: three panels
+    # a run whose records say how well its [SEG] states tell the colours apart gets the fourth panel
+    (run / "tf_eval.jsonl").write_text("".join(json.dumps(dict(iter=i, cIoU=0.5, items=2, seg_state_colour=v)) + "\n"
+                                               for i, v in ((4, 0.2), (8, 0.95))))
+    with mock.patch.object(sys, "argv", ["plot_runs.py", str(tmp_path / "out4.png"), str(run), "--window", "4"]):
+        plot_runs.main()
+    assert "run [SEG]-state colour separability: 4:0.20 8:0.95" in capsys.readouterr().out
+    from PIL import Image
+    assert Image.open(tmp_path / "out4.png").width > Image.open(tmp_path / "out.png").width  # the fourth panel
 
 
 def test_colour_separability_tells_merged_colours_from_separate_ones():
