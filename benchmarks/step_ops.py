@@ -12,6 +12,9 @@ and one caption batch, and for each runs ``model.train_step`` (forward, backward
   tensors (AdamW's step counters) it is only an op. The ``nonzero`` inside boolean indexing is not dispatched
   separately and is not counted;
 - ``ms``: wall time per step after ``--warmup`` steps (synchronised on CUDA).
+``--compile-layers`` compiles every LLM decoder layer and ViT layer (``InternVLMLLM(compile_layers=True)``, as the
+throughput benchmark's ``compiled`` variant): fewer, fused kernels per layer. The warm-up steps then include the
+compilation, and the op count is left out (a compiled graph launches its kernels without dispatching aten ops).
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def build(images: int, batch: int, device: str, per_tensor_foreach: bool = False):
+def build(images: int, batch: int, device: str, per_tensor_foreach: bool = False, compile_layers: bool = False):
     from mmengine.optim import build_optim_wrapper
 
     from learning_proof_sweep import variant_config
@@ -57,6 +60,7 @@ def build(images: int, batch: int, device: str, per_tensor_foreach: bool = False
     if per_tensor_foreach:  # as before the tenth session: mmengine's per-tensor groups, foreach AdamW
         cfg.optim_wrapper.pop("constructor", None)
         cfg.optim_wrapper.optimizer.update(fused=False, foreach=True)
+    cfg.model.mllm.compile_layers = compile_layers
     BUILDER.build(cfg.prepare)
     model = BUILDER.build(cfg.model).to(device)
     model.train()
@@ -82,19 +86,24 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--per-tensor-foreach", action="store_true",
                    help="one parameter group per tensor and foreach AdamW (the config: merged groups, fused AdamW)")
+    p.add_argument("--compile-layers", action="store_true", help="torch.compile the LLM and ViT layers")
     p.add_argument("--top", type=int, default=12, help="most frequent ops to list")
     args = p.parse_args()
 
     torch.manual_seed(0)
-    model, optim_wrapper, batches = build(args.images, args.batch, args.device, args.per_tensor_foreach)
+    model, optim_wrapper, batches = build(args.images, args.batch, args.device, args.per_tensor_foreach,
+                                          args.compile_layers)
     card = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     print(f"{platform.node()}, {card}, {os.cpu_count()} cores, torch {torch.__version__}, batch {args.batch}, "
-          f"optimizer: {'per-tensor groups, foreach AdamW' if args.per_tensor_foreach else 'as configured'}")
+          f"optimizer: {'per-tensor groups, foreach AdamW' if args.per_tensor_foreach else 'as configured'}, "
+          f"LLM/ViT layers: {'compiled' if args.compile_layers else 'eager'}")
     for name, batch in batches.items():
         for _ in range(args.warmup):
             step(model, optim_wrapper, batch)
-        with OpCounter() as counter:
-            step(model, optim_wrapper, batch)
+        counter = OpCounter()
+        if not args.compile_layers:
+            with counter:
+                step(model, optim_wrapper, batch)
         syncs = sum(n for op, n in counter.ops.items() if op in SYNC_OPS)
         times = []
         for _ in range(args.steps):
@@ -105,7 +114,8 @@ def main() -> None:
             times.append((time.perf_counter() - start) * 1000)
         times.sort()
         top = ", ".join(f"{op} {n}" for op, n in counter.ops.most_common(args.top))
-        print(f"{name}: {sum(counter.ops.values())} ops, {syncs} syncs, "
+        ops = "n/a" if args.compile_layers else sum(counter.ops.values())
+        print(f"{name}: {ops} ops, {syncs} syncs, "
               f"{times[len(times) // 2]:.1f} ms/step (median of {args.steps}, min {times[0]:.1f})\n  top: {top}")
 
 
