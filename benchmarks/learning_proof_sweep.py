@@ -29,7 +29,9 @@ A run is ``NAME:key=value,...``. Keys:
   tf_every=N         every N iterations, held-out cIoU with the answer teacher-forced (no generation, ~1 s):
             the [SEG] path's learning curve, logged as "teacher-forced val" lines and OUT/<name>/tf_eval.jsonl,
             with the share of objects segmented right / over-segmented / wrong / empty and the mean pixel
-            precision and recall (which plateau a run sits on)
+            precision and recall (which plateau a run sits on), per named colour and shape, how well the [SEG]
+            states tell the named colours apart, and whether they follow the question or the image
+            (TeacherForcedSegEval)
   anything else is a dotted config key (``optim_wrapper.optimizer.lr=1e-3``), as ``--cfg-options``.
 The runs train concurrently (one process each; the small model leaves the GPU mostly idle, so they share it; with
 several visible GPUs the runs are dealt round-robin, one GPU each), each
@@ -249,6 +251,22 @@ def colour_separability(vectors: torch.Tensor, labels: list) -> tuple[float, dic
             {str(n): round(hits[n] / tried[n], 2) for n in names if tried[n]})
 
 
+def question_share(first: torch.Tensor, second: torch.Tensor) -> float:
+    """How much the question, rather than the image, moves a [SEG] state. ``first`` / ``second`` [K, D]: the states
+    of K images, each asked two different questions. Returns the mean cosine distance (mean vector removed) between
+    an image's two states, over that between states of different images: ~0 when the state ignores the question
+    (it follows the image), ~1 when a new question moves it as far as a new image does; NaN for constant states."""
+    x = torch.cat([first, second]).float()
+    x = F.normalize(x - x.mean(0), dim=1)
+    a, b = x[: len(first)], x[len(first):]
+    distance = 1 - a @ b.T  # [K, K]: same image on the diagonal, different images off it
+    k = len(first)
+    between = (distance.sum() - distance.diagonal().sum()) / (k * (k - 1))
+    if k < 2 or float(between) < 1e-6:
+        return float("nan")
+    return round(float(distance.diagonal().mean() / between), 3)
+
+
 @HOOKS.register_module()
 class TeacherForcedSegEval(Hook):
     """Held-out cIoU with the answer teacher-forced: the dataset's own "...[SEG]." target is the input, the model
@@ -261,22 +279,80 @@ class TeacherForcedSegEval(Hook):
     same per colour and shape named in the question (``by_colour`` / ``by_shape``: [objects, share right, share
     over]). ``seg_state_colour`` / ``prompt_colour`` say how well the [SEG] hidden states and their projections
     (the SAM2 prompts) tell the named colours apart (:func:`colour_separability`; chance ~0.2): a run whose masks
-    merge some colours shows whether the merge is already in the LLM's states or only after the projection."""
+    merge some colours shows whether the merge is already in the LLM's states or only after the projection.
+    ``seg_state_question_share`` (:func:`question_share`) says whether the [SEG] states follow the question or the
+    image: the first ``question_pairs`` images are asked two of their different refs (the dataset's items of epochs
+    0 and 1-7, which draw refs anew), when the dataset takes an ``EpochIndex``."""
 
     priority = "LOW"
 
-    def __init__(self, dataset: dict, interval: int, max_items: int = 200, batch_size: int = 32):
+    def __init__(self, dataset: dict, interval: int, max_items: int = 200, batch_size: int = 32,
+                 question_pairs: int = 64):
         self.dataset_cfg, self.interval, self.max_items, self.batch_size = dataset, interval, max_items, batch_size
+        self.question_pairs = question_pairs
         self.dataset = None
+        self._pairs = None  # [(item, item of the same image with another question)], drawn once
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if (runner.iter + 1) % self.interval == 0:
             self.evaluate(runner)
 
+    @staticmethod
+    def _predict(model, items: list) -> tuple[dict, dict]:
+        """Collated + preprocessed ``items`` and ``model.predict_masks`` of them."""
+        from sa2va.datasets.collate import sa2va_collate_fn
+
+        data = model.data_preprocessor(sa2va_collate_fn(items, model.tokenizer.pad_token_id or 0), False)["data"]
+        return data, model.predict_masks(data)
+
+    @staticmethod
+    def _first_seg_state(model, data: dict, predicted: dict, i: int):
+        """Item ``i``'s first [SEG] hidden state [D] (float), None without a [SEG]."""
+        is_seg = data["input_ids"][i] == model.seg_token_idx
+        return predicted["hidden_states"][i][is_seg][0].float() if bool(is_seg.any()) else None
+
+    def _question_pairs(self) -> list:
+        """Up to ``question_pairs`` (item, item of the same image asking about another ref): the second is the
+        first of the epochs 1-7 whose draw picks another mask. Empty if the dataset takes no ``EpochIndex``."""
+        from sa2va.datasets import EpochIndex
+
+        if not getattr(self.dataset, "accepts_epoch_index", False):
+            return []
+        pairs = []
+        for index in range(min(len(self.dataset), self.max_items)):
+            if len(pairs) == self.question_pairs:
+                break
+            first = self.dataset[EpochIndex(0, index)]
+            for epoch in range(1, 8):
+                other = self.dataset[EpochIndex(epoch, index)]
+                if not torch.equal(torch.as_tensor(first["masks"]), torch.as_tensor(other["masks"])):
+                    pairs.append((first, other))
+                    break
+        return pairs
+
+    def _question_share(self, model) -> dict:
+        if self._pairs is None:
+            self._pairs = self._question_pairs()
+        states = ([], [])  # the first and the second question's [SEG] state, per image
+        for start in range(0, len(self._pairs), self.batch_size):
+            chunk = self._pairs[start:start + self.batch_size]
+            found = []
+            for j in range(2):
+                data, predicted = self._predict(model, [pair[j] for pair in chunk])
+                found.append([self._first_seg_state(model, data, predicted, i) for i in range(len(chunk))])
+            for a, b in zip(*found):
+                if a is not None and b is not None:
+                    states[0].append(a)
+                    states[1].append(b)
+        if len(states[0]) < 2:
+            return {}
+        return dict(seg_state_question_share=question_share(torch.stack(states[0]).cpu(),
+                                                            torch.stack(states[1]).cpu()),
+                    question_pairs=len(states[0]))
+
     @torch.no_grad()
     def evaluate(self, runner) -> None:
         from sa2va import BUILDER
-        from sa2va.datasets.collate import sa2va_collate_fn
         from sa2va.evaluation import ReferSegMetric
 
         if self.dataset is None:
@@ -290,16 +366,15 @@ class TeacherForcedSegEval(Hook):
         n = min(self.max_items, len(self.dataset))
         for start in range(0, n, self.batch_size):
             items = [self.dataset[i] for i in range(start, min(start + self.batch_size, n))]
-            data = model.data_preprocessor(sa2va_collate_fn(items, model.tokenizer.pad_token_id or 0), False)["data"]
-            predicted = model.predict_masks(data)
+            data, predicted = self._predict(model, items)
             for i, (pred, gt) in enumerate(zip(predicted["pred_masks"], data["masks"])):
                 pred = F.interpolate(pred[:, None].float(), size=gt.shape[-2:], mode="bilinear")[:, 0] > 0
                 # one question per item: the colour and shape it names (every refcocog sentence names both)
                 question = model.tokenizer.decode(data["input_ids"][i], skip_special_tokens=True).lower()
                 named = {attr: first_word(ATTRIBUTES[attr], question) for attr in by_attribute}
-                is_seg = data["input_ids"][i] == model.seg_token_idx
-                if bool(is_seg.any()):
-                    seg_states.append(predicted["hidden_states"][i][is_seg][0].float())
+                state = self._first_seg_state(model, data, predicted, i)
+                if state is not None:
+                    seg_states.append(state)
                     colours.append(named["colour"])
                 for k in range(gt.shape[0]):  # one [SEG] per object
                     kind, p, r = mask_outcome(metric.add(pred[k], gt[k], key=(start + i, k)))
@@ -316,6 +391,7 @@ class TeacherForcedSegEval(Hook):
                 overall, per_colour = colour_separability(vectors.cpu(), colours)
                 separability[key] = overall
                 separability[key + "_by_colour"] = per_colour
+        separability.update(self._question_share(model))
         model.train()
         objects = max(1, len(recall))
         record = dict(iter=runner.iter + 1, cIoU=round(metric.compute()["cIoU"], 4), items=n,

@@ -159,6 +159,65 @@ def test_teacher_forced_eval_scores_ciou_of_the_predicted_masks(tmp_path, invert
     assert len(open(tmp_path / "tf_eval.jsonl").readlines()) == 1
 
 
+def test_question_share_tells_question_driven_from_image_driven_states():
+    g = torch.Generator().manual_seed(0)
+    images, questions = torch.randn(6, 16, generator=g), torch.randn(2, 16, generator=g)
+    # each image asked question 0 and question 1
+    assert sweep.question_share(images, images.clone()) == 0.0  # the state follows the image only
+    assert sweep.question_share(questions[0].expand(6, 16), questions[1].expand(6, 16)) == 1.0  # the question only
+    mixed = sweep.question_share(images + 0.5 * questions[0], images + 0.5 * questions[1])
+    assert 0.05 < mixed < 0.5
+    # a large part that every state shares is removed first
+    assert sweep.question_share(images + 0.5 * questions[0] + 40, images + 0.5 * questions[1] + 40) == mixed
+    assert sweep.question_share(torch.ones(6, 16), torch.ones(6, 16)) != sweep.question_share(images, images)  # NaN
+
+
+class _EpochRefs:
+    """Image i (its SAM2 pixels all i) asked about ref ``epoch % 2`` (_seg_item's question and mask)."""
+
+    accepts_epoch_index = True
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, index):
+        epoch, i = index if isinstance(index, tuple) else (0, index)
+        item = _seg_item(epoch % 2)
+        item["g_pixel_values"] = torch.full((3, 8, 8), i, dtype=torch.uint8)
+        return item
+
+
+class _StateFrom(_MaskEcho):
+    """[SEG] states that depend only on the image or only on the question token."""
+
+    def __init__(self, source):
+        super().__init__()
+        self.source = source
+        self.text_hidden_fcs = torch.nn.Linear(8, 2)
+
+    def predict_masks(self, data):
+        out = super().predict_masks(data)
+        keys = ([int(g.flatten()[0]) for g in data["g_pixel_values"]] if self.source == "image"
+                else data["input_ids"][:, 0].tolist())
+        states = torch.stack([torch.randn(8, generator=torch.Generator().manual_seed(int(k))) for k in keys])
+        out["hidden_states"] = states[:, None].expand(-1, data["input_ids"].shape[1], -1)
+        return out
+
+
+@pytest.mark.parametrize("source,share", [("image", 0.0), ("question", 1.0)])
+def test_teacher_forced_eval_asks_each_image_two_questions(tmp_path, source, share):
+    hook = sweep.TeacherForcedSegEval(dataset={}, interval=1, max_items=6, batch_size=4, question_pairs=5)
+    hook.dataset = _EpochRefs()
+    runner = SimpleNamespace(model=_StateFrom(source), iter=0, work_dir=str(tmp_path),
+                             logger=MMLogger.get_instance("tf_eval_pairs_test"))
+    hook.after_train_iter(runner, 0)
+    (record,) = [json.loads(line) for line in open(tmp_path / "tf_eval.jsonl")]
+    assert record["question_pairs"] == 5 and record["seg_state_question_share"] == share
+    first, second = hook._pairs[0]
+    assert not torch.equal(first["masks"], second["masks"])  # two refs of one image
+    assert torch.equal(first["g_pixel_values"], second["g_pixel_values"])
+
+
 def _outcome(pred, gt):
     from sa2va.evaluation import ReferSegMetric
 
