@@ -256,13 +256,15 @@ def question_share(first: torch.Tensor, second: torch.Tensor) -> float:
     of K images, each asked two different questions. Returns the mean cosine distance (mean vector removed) between
     an image's two states, over that between states of different images: ~0 when the state ignores the question
     (it follows the image), ~1 when a new question moves it as far as a new image does; NaN for constant states."""
+    k = len(first)
+    if k < 2:
+        return float("nan")
     x = torch.cat([first, second]).float()
     x = F.normalize(x - x.mean(0), dim=1)
-    a, b = x[: len(first)], x[len(first):]
+    a, b = x[:k], x[k:]
     distance = 1 - a @ b.T  # [K, K]: same image on the diagonal, different images off it
-    k = len(first)
     between = (distance.sum() - distance.diagonal().sum()) / (k * (k - 1))
-    if k < 2 or float(between) < 1e-6:
+    if float(between) < 1e-6:
         return float("nan")
     return round(float(distance.diagonal().mean() / between), 3)
 

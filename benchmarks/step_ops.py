@@ -114,7 +114,7 @@ def main() -> None:
             times.append((time.perf_counter() - start) * 1000)
         times.sort()
         top = ", ".join(f"{op} {n}" for op, n in counter.ops.most_common(args.top))
-        ops = "n/a" if args.compile_layers else sum(counter.ops.values())
+        ops, syncs = ("n/a", "n/a") if args.compile_layers else (sum(counter.ops.values()), syncs)
         print(f"{name}: {ops} ops, {syncs} syncs, "
               f"{times[len(times) // 2]:.1f} ms/step (median of {args.steps}, min {times[0]:.1f})\n  top: {top}")
 
