@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from sa2va.datasets.masks import decode_segmentation  # noqa: E402
 from sa2va.datasets.synthetic import COLOURS, _draw_scene  # noqa: E402
+from sa2va.evaluation import ReferSegMetric  # noqa: E402
 from sa2va.models.losses import CrossEntropyLoss, DiceLoss  # noqa: E402
 from sa2va.models.sam2_runner import SAM2TrainRunner  # noqa: E402
 from sa2va.tiny_models import make_tiny_sam2  # noqa: E402
@@ -97,7 +98,7 @@ def batch_of(images, objects, idx, per_image: int, rng: np.random.Generator, dev
 def evaluate(model, images, objects, device, batch: int = 32) -> dict:
     """One object per held-out image (the first): cIoU and the share right (IoU >= 0.5) per colour."""
     model.eval()
-    inter = union = 0.0
+    metric = ReferSegMetric()
     right, count = np.zeros(len(COLOUR_NAMES)), np.zeros(len(COLOUR_NAMES))
     for s in range(0, len(images), batch):
         idx = list(range(s, min(s + batch, len(images))))
@@ -105,14 +106,11 @@ def evaluate(model, images, objects, device, batch: int = 32) -> dict:
         gt = torch.stack([objects[i][0][1] for i in idx]).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             pred = model(images[idx].to(device), colours, torch.arange(len(idx), device=device)) > 0
-        i_ = (pred & gt).flatten(1).sum(1).float()
-        u_ = (pred | gt).flatten(1).sum(1).float()
-        inter, union = inter + i_.sum().item(), union + u_.sum().item()
-        for c, iou in zip(colours.tolist(), (i_ / u_.clamp(min=1)).tolist()):
+        for i, c, p, g in zip(idx, colours.tolist(), pred, gt):
             count[c] += 1
-            right[c] += iou >= 0.5
+            right[c] += metric.add(p, g, key=i).iou >= 0.5
     model.train()
-    return dict(cIoU=round(inter / max(union, 1), 4),
+    return dict(cIoU=round(metric.compute()["cIoU"], 4),
                 right_by_colour={n: round(right[c] / max(count[c], 1), 2) for c, n in enumerate(COLOUR_NAMES)})
 
 
