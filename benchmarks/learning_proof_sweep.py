@@ -283,8 +283,9 @@ class TeacherForcedSegEval(Hook):
     (the SAM2 prompts) tell the named colours apart (:func:`colour_separability`; chance ~0.2): a run whose masks
     merge some colours shows whether the merge is already in the LLM's states or only after the projection.
     ``seg_state_question_share`` (:func:`question_share`) says whether the [SEG] states follow the question or the
-    image: the first ``question_pairs`` images are asked two of their different refs (the dataset's items of epochs
-    0 and 1-7, which draw refs anew), when the dataset takes an ``EpochIndex``."""
+    image: the first ``question_pairs`` images (within ``max_items``) whose draws find a second ref are asked two
+    of their different refs (the dataset's items of epochs 0 and 1-7, which draw refs anew), when the dataset takes
+    an ``EpochIndex``."""
 
     priority = "LOW"
 
