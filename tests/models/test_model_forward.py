@@ -443,3 +443,51 @@ def test_sample_without_objects_adds_no_frame(model):
     prompts, image_index, gt, frames = model._seg_embeddings(batch, torch.randn(2, batch["input_ids"].shape[1], 64))
     assert frames.shape[0] == 1 and image_index.tolist() == [0, 0] and gt.shape[0] == 2
     assert model._seg_embeddings(collate([empty]), torch.randn(1, len(empty["input_ids"]), 64)) is None
+
+
+def test_right_padded_batch_runs_causal_attention_without_the_padding_mask(model, monkeypatch):
+    """The padding mask is dropped for right-padded rows: SDPA gets is_causal and no mask, and every real
+    token's state, the LM loss and the mask losses are those of the masked run."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    batch = collate([seg_sample(model, n_masks=2), caption_sample(model, tiles=1)], model.tokenizer.pad_token_id)
+    lengths = batch["attention_mask"].sum(1)
+    assert lengths[0] != lengths[1], "the test needs a padded row"
+    calls = []
+    real_sdpa = sdpa.torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(query, *args, **kwargs):
+        if query.shape[-2] == batch["input_ids"].shape[1]:  # the LLM's calls (the ViT and SAM2 use SDPA too)
+            calls.append((kwargs.get("attn_mask") is None, kwargs.get("is_causal")))
+        return real_sdpa(query, *args, **kwargs)
+
+    monkeypatch.setattr(sdpa.torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    results = {}
+    for right_padded in (False, True):
+        monkeypatch.setattr(model.mllm, "right_padded", right_padded)
+        calls.clear()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            hidden = model.mllm(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids",
+                                                         "pixel_values", "num_tiles", "prompt_masks", "labels")})
+            torch.manual_seed(0)
+            losses = model(batch, mode="loss")
+        results[right_padded] = (hidden, losses, set(calls))
+    assert results[False][2] == {(False, False)}  # the masked kernel over the full matrix
+    assert results[True][2] == {(True, True)}     # causal attention, no mask
+    real = batch["attention_mask"]
+    torch.testing.assert_close(results[True][0]["hidden_states"][real], results[False][0]["hidden_states"][real])
+    torch.testing.assert_close(results[True][0]["loss"], results[False][0]["loss"])
+    for k in ("llm_loss", "loss_mask", "loss_dice"):
+        torch.testing.assert_close(results[True][1][k], results[False][1][k])
+    # the pad rows (never used) are what differs
+    pad = ~real
+    assert not torch.allclose(results[True][0]["hidden_states"][pad], results[False][0]["hidden_states"][pad])
+
+
+def test_left_padded_mask_is_refused_when_the_model_expects_right_padding(model):
+    batch = collate([seg_sample(model, n_masks=1), caption_sample(model, tiles=1)], model.tokenizer.pad_token_id)
+    left = batch["attention_mask"].flip(1)  # the shorter row now starts with pads
+    with pytest.raises(ValueError, match=r"rows \[\d\] have a real token after a pad"):
+        model.mllm(input_ids=batch["input_ids"], attention_mask=left, position_ids=batch["position_ids"],
+                   pixel_values=batch["pixel_values"], num_tiles=batch["num_tiles"], prompt_masks=batch["prompt_masks"])

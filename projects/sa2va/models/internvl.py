@@ -58,14 +58,22 @@ class InternVLMLLM(nn.Module):
             the full ``[B, L, vocab]`` logits first, as the original did (kept for benchmarks).
         compile_layers: ``torch.compile`` every LLM decoder layer and ViT encoder layer in place (dynamic shapes;
             parameter names and checkpoints are unchanged). The first steps of each new shape family compile.
+        right_padded: ``forward`` gets right-padded rows (as ``sa2va_collate_fn`` builds them), so the padding
+            mask is not handed to the LLM: under the causal mask no real token can attend to a pad that comes
+            after it, and only the unused pad rows' outputs change. SDPA then runs its causal flash kernel
+            instead of a masked kernel over the full ``[L, L]`` matrix. The layout is checked on every CPU mask
+            and on the first mask on an accelerator (one host sync); set ``False`` for other paddings.
     """
 
     def __init__(self, model_path: str | os.PathLike, special_tokens=DEFAULT_SPECIAL_TOKENS,
                  torch_dtype="bfloat16", attn_implementation: str = "sdpa", freeze_llm: bool = True,
                  freeze_visual_encoder: bool = True, freeze_projector: bool = False, llm_lora=None,
                  new_token_training: str = "rows", gradient_checkpointing: bool = False,
-                 random_init: bool = False, loss_on_supervised_only: bool = True, compile_layers: bool = False):
+                 random_init: bool = False, loss_on_supervised_only: bool = True, compile_layers: bool = False,
+                 right_padded: bool = True):
         super().__init__()
+        self.right_padded = right_padded
+        self._padding_checked_on_device = False
         from transformers import InternVLForConditionalGeneration
 
         if new_token_training not in ("rows", "full", "none"):
@@ -290,11 +298,29 @@ class InternVLMLLM(nn.Module):
                 prompt_masks=None, labels=None, **unused) -> dict:
         """Returns ``{'hidden_states': [B,L,D] final-layer (normed) states, 'loss': LM loss or None}``."""
         embeds = self.input_embeddings(input_ids, pixel_values, num_tiles, prompt_masks)
+        if self.right_padded and attention_mask is not None:
+            self._check_right_padded(attention_mask)
+            attention_mask = None  # causal attention alone (see ``right_padded``)
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False)
         hidden = out.last_hidden_state  # [B,L,D]
         loss = self.lm_loss(hidden, labels) if labels is not None else None
         return {"hidden_states": hidden, "loss": loss}
+
+    def _check_right_padded(self, attention_mask: torch.Tensor) -> None:
+        """Every row must be real tokens then pads. Checked on every CPU mask; on an accelerator only the first
+        (each check there is a host sync)."""
+        on_device = attention_mask.device.type != "cpu"
+        if on_device and self._padding_checked_on_device:
+            return
+        mask = attention_mask.bool()  # [B,L]
+        late = (mask[:, 1:] & ~mask[:, :-1]).any(dim=1)  # [B] a real token after a pad
+        if bool(late.any()):
+            rows = late.nonzero().flatten().tolist()
+            raise ValueError(f"InternVLMLLM(right_padded=True): attention_mask rows {rows} have a real token after a "
+                             f"pad (left padding?); pass right-padded rows (sa2va_collate_fn) or build the model "
+                             f"with right_padded=False")
+        self._padding_checked_on_device |= on_device
 
     def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Next-token CE averaged over supervised tokens; the head runs only on supervised positions."""
