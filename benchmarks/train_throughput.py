@@ -18,7 +18,9 @@ The optimized and compiled variants run the LLM's attention causal-only on the r
 
 Per variant: samples/s, tokens/s, step split (ViT fwd / SAM2 encoder fwd / optimizer, each timed alone; the rest =
 LLM fwd+bwd + decoder + losses), peak memory, and MFU = model FLOPs / (step time x 786 TFLOP/s) where model FLOPs
-are counted by torch's FlopCounterMode on one step without activation recomputation.
+are counted by torch's FlopCounterMode on one step without activation recomputation, each sample at its own length,
+the LLM's causal attention as the full [L, L] matrix (as PaLM's model-FLOPs formula does). ``mfu_causal_half``
+counts that attention at half (the triangle a causal kernel computes; ``llm_attention_tflop`` is the full part).
 Writes a JSON line per result to --out.
 """
 from __future__ import annotations
@@ -167,7 +169,11 @@ def split_batch(data: dict) -> list[dict]:
     return out
 
 
-def count_flops(model, data) -> float:
+def count_flops(model, data) -> tuple[float, float]:
+    """Model FLOPs of one training step (fwd + bwd, no recomputation), and the part of them in the LLM's
+    attention matmuls (``QK^T`` and ``AV``, fwd + bwd), which counts the full ``[L, L]`` matrix per sample."""
+    import re
+
     from torch.utils.flop_counter import FlopCounterMode
 
     lm = model.mllm.language_model
@@ -178,7 +184,8 @@ def count_flops(model, data) -> float:
     # full-matrix FLOPs its SDPA formula would count)
     attn = lm.config._attn_implementation
     lm.config._attn_implementation = "eager"
-    total = 0.0
+    total = attention = 0.0
+    llm_attention = re.compile(r"language_model\.layers\.\d+\.self_attn$")
     stance = torch.compiler.set_stance("force_eager")  # compiled layers count as their eager code
     stance.__enter__()
     try:
@@ -188,6 +195,8 @@ def count_flops(model, data) -> float:
                 sum(losses.values()).backward()
             model.zero_grad(set_to_none=True)
             total += counter.get_total_flops()
+            attention += sum(counts.get(torch.ops.aten.bmm, 0)
+                             for name, counts in counter.get_flop_counts().items() if llm_attention.search(name))
             del losses
             torch.cuda.empty_cache()
     finally:
@@ -195,7 +204,7 @@ def count_flops(model, data) -> float:
         lm.config._attn_implementation = attn
     if ckpt:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return float(total)
+    return float(total), float(attention)
 
 
 def bench(model, variant, batch, micro_batch, ckpt, steps, warmup, uint8_tiles=False):
@@ -236,7 +245,7 @@ def bench(model, variant, batch, micro_batch, ckpt, steps, warmup, uint8_tiles=F
     opt.zero_grad(set_to_none=True)
     opt = None  # free the optimizer state before counting FLOPs
     torch.cuda.empty_cache()
-    flops = count_flops(model, data)
+    flops, attention_flops = count_flops(model, data)
     data = None
     torch.cuda.empty_cache()
     return dict(variant=variant, batch=batch, micro_batch=micro_batch, grad_ckpt=ckpt, uint8_tiles=uint8_tiles,
@@ -245,6 +254,8 @@ def bench(model, variant, batch, micro_batch, ckpt, steps, warmup, uint8_tiles=F
                 vit_fwd_s=round(t_vit, 4), sam2_encoder_fwd_s=round(t_sam, 4), optimizer_s=round(t_opt, 4),
                 llm_decoder_loss_s=round(t_step - t_vit - t_sam - t_opt, 4),
                 model_tflop=round(flops / 1e12, 2), mfu=round(flops / t_step / (PEAK_TFLOPS * 1e12), 4),
+                llm_attention_tflop=round(attention_flops / 1e12, 2),
+                mfu_causal_half=round((flops - attention_flops / 2) / t_step / (PEAK_TFLOPS * 1e12), 4),
                 peak_mem_gib=round(peak, 2))
 
 
