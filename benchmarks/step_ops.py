@@ -13,7 +13,8 @@ and one caption batch, and for each runs ``model.train_step`` (forward, backward
   separately and is not counted;
 - ``ms``: wall time per step after ``--warmup`` steps (synchronised on CUDA).
 ``--compile-layers`` compiles every LLM decoder layer and ViT layer (``InternVLMLLM(compile_layers=True)``, as the
-throughput benchmark's ``compiled`` variant): fewer, fused kernels per layer. The warm-up steps then include the
+throughput benchmark's ``compiled`` variant): fewer, fused kernels per layer. ``--keep-padding-mask`` hands the LLM
+the padding mask (``right_padded=False``), as before the fifteenth session. The warm-up steps then include the
 compilation, and the op count is left out (a compiled graph launches its kernels without dispatching aten ops).
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def build(images: int, batch: int, device: str, per_tensor_foreach: bool = False, compile_layers: bool = False):
+def build(images: int, batch: int, device: str, per_tensor_foreach: bool = False, compile_layers: bool = False,
+          keep_padding_mask: bool = False):
     from mmengine.optim import build_optim_wrapper
 
     from learning_proof_sweep import variant_config
@@ -61,6 +63,7 @@ def build(images: int, batch: int, device: str, per_tensor_foreach: bool = False
         cfg.optim_wrapper.pop("constructor", None)
         cfg.optim_wrapper.optimizer.update(fused=False, foreach=True)
     cfg.model.mllm.compile_layers = compile_layers
+    cfg.model.mllm.right_padded = not keep_padding_mask
     BUILDER.build(cfg.prepare)
     model = BUILDER.build(cfg.model).to(device)
     model.train()
@@ -87,16 +90,19 @@ def main() -> None:
     p.add_argument("--per-tensor-foreach", action="store_true",
                    help="one parameter group per tensor and foreach AdamW (the config: merged groups, fused AdamW)")
     p.add_argument("--compile-layers", action="store_true", help="torch.compile the LLM and ViT layers")
+    p.add_argument("--keep-padding-mask", action="store_true",
+                   help="hand the LLM the padding mask (right_padded=False), as before the fifteenth session")
     p.add_argument("--top", type=int, default=12, help="most frequent ops to list")
     args = p.parse_args()
 
     torch.manual_seed(0)
     model, optim_wrapper, batches = build(args.images, args.batch, args.device, args.per_tensor_foreach,
-                                          args.compile_layers)
+                                          args.compile_layers, args.keep_padding_mask)
     card = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     print(f"{platform.node()}, {card}, {os.cpu_count()} cores, torch {torch.__version__}, batch {args.batch}, "
           f"optimizer: {'per-tensor groups, foreach AdamW' if args.per_tensor_foreach else 'as configured'}, "
-          f"LLM/ViT layers: {'compiled' if args.compile_layers else 'eager'}")
+          f"LLM/ViT layers: {'compiled' if args.compile_layers else 'eager'}, "
+          f"padding mask: {'kept' if args.keep_padding_mask else 'dropped (right_padded)'}")
     for name, batch in batches.items():
         for _ in range(args.warmup):
             step(model, optim_wrapper, batch)
