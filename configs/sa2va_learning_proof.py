@@ -47,9 +47,11 @@ with read_base():
 #   colours are segmented right every time, the others get masks over several shapes. A colour-prompted probe
 #   of this SAM2 (no LLM) separates all six colours. The merge is in the LLM's [SEG] hidden states (fourteenth
 #   session, 8 runs): a run leaves the plateau when its [SEG] states start to tell the named colours apart
-#   (nearest-centroid 0.2 -> 1.0), and a stuck run's stay at chance; the SAM2 prompts follow the states. Neither a
-#   wider decoder (sam2 d_model 128: 1 of 2 runs >= 0.75) nor mask losses x2 (2 of 4) made it reliable. The shipped
-#   config, pooled: 6 of 11 runs >= 0.75 (docs/benchmarks.md);
+#   (nearest-centroid 0.2 -> 1.0), and a stuck run's stay at chance; the SAM2 prompts follow the states. A stuck
+#   run's states do follow the question, not the image (fifteenth session), but tell only some colour words
+#   apart: in the 4 stuck runs broken down by colour, yellow and orange (the two light colours) come out best and
+#   most of red, green, blue and purple merge. Neither a wider decoder (sam2 d_model 128: 1 of 2 runs >= 0.75),
+#   nor mask losses x2 (2 of 4), nor the LLM at 2x lr (0 of 2) made it reliable. The shipped config, pooled: 6 of 11 runs >= 0.75 (docs/benchmarks.md);
 # - mask-loss weights x25. The mask losses reach the shared LLM much weaker than the LM loss (~1000x at gain 1,
 #   measured on the LLM weights), so they are scaled up; at x100 (with gain 4) they drown the captions instead:
 #   the captions named the region's colour at chance level (0.11-0.36) in 6 of 7 runs at x100, and 0.99-1.00 in
