@@ -14,6 +14,8 @@ Per variant (SAM2 ``d_model``: the decoder width; its per-pixel mask embedding h
 reports the held-out cIoU and the share of objects segmented right (IoU >= 0.5) per colour, at a few iterations.
 If every colour comes out right at d_model 64, the plateau is upstream of SAM2 (the [SEG] prompt); if colours stay
 merged here too, the decoder's width is a suspect. Variants of one call run one after the other on one device.
+``--merge-init red green blue purple`` starts those colours from one shared prompt, as a stuck run's merged [SEG]
+prompts: does SAM2's loss alone pull them apart again, and how much later than from distinct prompts?
 """
 from __future__ import annotations
 
@@ -72,11 +74,16 @@ def draw_set(n: int, seed: int, size: int, workers: int = 4):
 class ColourPrompted(torch.nn.Module):
     """SAM2 prompted by a learned embedding per colour word."""
 
-    def __init__(self, cfg_path: str, ckpt_path: str, d_model: int, prompt_norm: float = 7.0):
+    def __init__(self, cfg_path: str, ckpt_path: str, d_model: int, prompt_norm: float = 7.0,
+                 merged: tuple[str, ...] = ()):
         super().__init__()
         self.sam2 = SAM2TrainRunner(cfg_path, ckpt_path, freeze_image_encoder=False, multimask_output=False)
         self.prompts = torch.nn.Embedding(len(COLOUR_NAMES), d_model)
         torch.nn.init.normal_(self.prompts.weight, std=prompt_norm / math.sqrt(d_model))
+        if merged:  # these colours start from one shared prompt (as a stuck run's merged [SEG] prompts)
+            rows = [COLOUR_NAMES.index(c) for c in merged]
+            with torch.no_grad():
+                self.prompts.weight[rows] = self.prompts.weight[rows[0]].clone()
 
     def forward(self, images, colours, image_index):
         return self.sam2(images, self.prompts(colours), image_index)["masks"]  # [N, S/4, S/4] logits
@@ -118,7 +125,7 @@ def run(d_model: int, seed: int, args, train, val, device) -> dict:
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         cfg, ckpt = make_tiny_sam2(tmp, seed=0, image_size=args.size, embed_dim=args.embed_dim, d_model=d_model)
-        model = ColourPrompted(str(cfg), str(ckpt), d_model).to(device)
+        model = ColourPrompted(str(cfg), str(ckpt), d_model, merged=tuple(args.merge_init)).to(device)
     decoder = [p for n, p in model.named_parameters() if "sam_mask_decoder" in n]
     rest = [p for n, p in model.named_parameters() if "sam_mask_decoder" not in n and p.requires_grad]
     opt = torch.optim.AdamW([dict(params=rest), dict(params=decoder, lr=args.lr * args.decoder_lr_mult)],
@@ -162,6 +169,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--decoder-lr-mult", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--merge-init", nargs="*", default=[], choices=COLOUR_NAMES,
+                   help="colours whose prompts start identical (a stuck learning-proof run's merged colours)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train = draw_set(args.images, 1, args.size)
