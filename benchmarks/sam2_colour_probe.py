@@ -34,7 +34,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects"))
 
 from sa2va.datasets.masks import decode_segmentation  # noqa: E402
-from sa2va.datasets.synthetic import COLOURS, _draw_scene  # noqa: E402
+from sa2va.datasets.synthetic import COLOURS  # noqa: E402
+from sa2va.datasets.synthetic import draw_scene as draw_synthetic_scene  # noqa: E402
 from sa2va.evaluation import ReferSegMetric  # noqa: E402
 from sa2va.models.losses import CrossEntropyLoss, DiceLoss  # noqa: E402
 from sa2va.models.sam2_runner import SAM2TrainRunner  # noqa: E402
@@ -49,7 +50,7 @@ def draw_scene(task: tuple[int, int, int]) -> tuple[np.ndarray, list[tuple[int, 
     from PIL import Image
 
     seed, index, size = task
-    image, objs = _draw_scene(np.random.default_rng([seed, index]), dict(width=640, height=480, mode="RGB"))
+    image, objs = draw_synthetic_scene(np.random.default_rng([seed, index]), dict(width=640, height=480, mode="RGB"))
     pixels = np.array(image.resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)  # numpy: pickled by the pool
     masks = []
     for k, o in enumerate(objs):  # the polygons decoded as the datasets decode them (pycocotools)

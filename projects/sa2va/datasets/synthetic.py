@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-__all__ = ["make_synthetic_data"]
+__all__ = ["draw_scene", "make_synthetic_data"]
 
 COLOURS = {
     "red": (215, 35, 35), "green": (35, 150, 60), "blue": (40, 70, 215),
@@ -111,7 +111,10 @@ def _sentences(colour: str, shape: str, h: str, v: str, long: bool) -> list[str]
 
 
 # ----------------------------------------------------------------------------------------------- scene
-def _draw_scene(rng: np.random.Generator, spec: dict) -> tuple[Image.Image, list[dict]]:
+def draw_scene(rng: np.random.Generator, spec: dict) -> tuple[Image.Image, list[dict]]:
+    """One image of ``spec`` (``width``, ``height``, PIL ``mode``): a noisy light background with 2-4 shapes of
+    distinct colours in distinct cells of a 3x3 grid. Returns the image and, per shape, ``colour``, ``shape``,
+    ``hpos``, ``vpos`` and its ``polygons`` (COCO layout, pixel coordinates)."""
     w, h = spec["width"], spec["height"]
     base = rng.integers(150, 245, size=3)
     noise = rng.standard_normal(size=(h, w, 3), dtype=np.float32) * 6
@@ -140,7 +143,7 @@ def _draw_scene(rng: np.random.Generator, spec: dict) -> tuple[Image.Image, list
 def _write_image(task: tuple[int, int, dict, str]) -> list[dict]:
     """Draw image ``index`` of ``seed`` and save it to ``path``; returns its objects."""
     seed, index, spec, path = task
-    image, objects = _draw_scene(np.random.default_rng([seed, index]), spec)
+    image, objects = draw_scene(np.random.default_rng([seed, index]), spec)
     image.save(path, **({"quality": 92} if spec["ext"] == "jpg" else {}))
     return objects
 
