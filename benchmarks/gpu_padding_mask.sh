@@ -23,7 +23,7 @@ declare -A ROW=(
   [6]="--shape 4b --variants compiled --micro-batch 2 --keep-padding-mask"
   [7]="--shape 1b --variants compiled --micro-batch 12"
 )
-for r in ${ROWS:-1 2 3 4 5 6}; do
+for r in ${ROWS:-1 2 3 4 5 6 7}; do
   echo "== row $r: ${ROW[$r]}"
   timeout ${ROW_LIMIT:-240} python3 benchmarks/train_throughput.py ${ROW[$r]} $COMMON > $OUT/row$r.log 2>&1
   echo "rc=$?"; grep -E '^\{|Error' $OUT/row$r.log | tail -3

@@ -13,9 +13,9 @@ and one caption batch, and for each runs ``model.train_step`` (forward, backward
   separately and is not counted;
 - ``ms``: wall time per step after ``--warmup`` steps (synchronised on CUDA).
 ``--compile-layers`` compiles every LLM decoder layer and ViT layer (``InternVLMLLM(compile_layers=True)``, as the
-throughput benchmark's ``compiled`` variant): fewer, fused kernels per layer. ``--keep-padding-mask`` hands the LLM
-the padding mask (``right_padded=False``), as before the fifteenth session. The warm-up steps then include the
+throughput benchmark's ``compiled`` variant): fewer, fused kernels per layer. The warm-up steps then include the
 compilation, and the op count is left out (a compiled graph launches its kernels without dispatching aten ops).
+``--keep-padding-mask`` hands the LLM the padding mask (``right_padded=False``), as before the fifteenth session.
 """
 from __future__ import annotations
 

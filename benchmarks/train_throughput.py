@@ -292,7 +292,7 @@ def main():
                     r = dict(variant=variant, batch=batch, micro_batch=args.micro_batch, grad_ckpt=ckpt, oom=True)
                     model.zero_grad(set_to_none=True)
                     torch.cuda.empty_cache()
-                r.update(shape=args.shape, padding_mask=variant == "baseline" or args.keep_padding_mask,
+                r.update(shape=args.shape, padding_mask=not model.mllm.right_padded,
                          device=torch.cuda.get_device_name(), wall_s=round(time.time() - t0, 1))
                 print(json.dumps(r), flush=True)
                 with open(args.out, "a") as f:

@@ -51,7 +51,8 @@ with read_base():
 #   run's states do follow the question, not the image (fifteenth session), but tell only some colour words
 #   apart: in the 4 stuck runs broken down by colour, yellow and orange (the two light colours) come out best and
 #   most of red, green, blue and purple merge. Neither a wider decoder (sam2 d_model 128: 1 of 2 runs >= 0.75),
-#   nor mask losses x2 (2 of 4), nor the LLM at 2x lr (0 of 2) made it reliable. The shipped config, pooled: 6 of 11 runs >= 0.75 (docs/benchmarks.md);
+#   nor mask losses x2 (2 of 4), nor the LLM at 2x lr (0 of 2) made it reliable. The shipped config, pooled: 6 of
+#   11 runs >= 0.75 (docs/benchmarks.md);
 # - mask-loss weights x25. The mask losses reach the shared LLM much weaker than the LM loss (~1000x at gain 1,
 #   measured on the LLM weights), so they are scaled up; at x100 (with gain 4) they drown the captions instead:
 #   the captions named the region's colour at chance level (0.11-0.36) in 6 of 7 runs at x100, and 0.99-1.00 in
