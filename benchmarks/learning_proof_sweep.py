@@ -10,6 +10,8 @@ A run is ``NAME:key=value,...``. Keys:
   iters=N   training iterations (the cosine schedule ends there)
   mask_weight=W      multiply both mask-loss weights (sigmoid-CE and Dice)
   decoder_lr_mult=M  learning-rate multiplier of the SAM2 mask decoder (mmengine paramwise_cfg custom_keys)
+  llm_seg_from=N     the mask losses train the LLM only from iteration N on (SegGradToLLMHook; before it they
+            train text_hidden_fcs and SAM2 on detached [SEG] states)
   lr_mult.KEY=M      learning-rate multiplier of the parameters whose name contains KEY (e.g. text_hidden_fcs)
   images=N  synthetic images in the asset set (its own asset directory; the refcocog splits keep their fractions)
   vit_pos=zeros|sincos  the tiny InternViT's initial position embeddings (own asset directory)
@@ -98,12 +100,12 @@ def _replace_prefix(node, old: str, new: str) -> None:
             _replace_prefix(v, old, new)
 
 
-def _lazy(cls):
+def _lazy(cls, module: str = "sa2va.datasets"):
     """``cls`` as the config's own imports are held (a LazyObject), so the config stays dumpable: mmengine writes
     a class object in a ``type=`` field as ``<class ...>``, which the dumped config cannot parse."""
     from mmengine.config.lazy import LazyObject
 
-    return LazyObject("sa2va.datasets", cls.__name__)
+    return LazyObject(module, cls.__name__)
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -124,6 +126,7 @@ def variant_config(options: dict):
     from mmengine.config import Config, ConfigDict, DictAction
 
     from sa2va.datasets import EpochDefaultSampler
+    from sa2va.engine import SegGradToLLMHook
 
     cfg = Config.fromfile(CONFIG)
     options = dict(options)
@@ -197,6 +200,9 @@ def variant_config(options: dict):
             loader.sampler = shuffled
     if "eval_items" in options:
         cfg.custom_hooks[0].max_items = int(options.pop("eval_items"))
+    if "llm_seg_from" in options:
+        cfg.custom_hooks.append(ConfigDict(type=_lazy(SegGradToLLMHook, "sa2va.engine"),
+                                           start_iter=int(options.pop("llm_seg_from"))))
     if "tf_every" in options:
         cfg.custom_hooks.append(ConfigDict(type="TeacherForcedSegEval", interval=int(options.pop("tf_every")),
                                            dataset=cfg.custom_hooks[0].datasets.refcocog_val))

@@ -69,6 +69,8 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert "sa2va.datasets.TaskCurriculumSampler" in c.pretty_text
     with pytest.raises(SystemExit, match="tasks=both"):  # one dataset: nothing to stage
         sweep.variant_config(dict(caption_first="5", tasks="seg"))
+    c = sweep.variant_config(sweep.parse_spec("l:llm_seg_from=900")[1])
+    assert c.custom_hooks[-1].start_iter == 900 and "sa2va.engine.SegGradToLLMHook" in c.pretty_text
     c = sweep.variant_config(sweep.parse_spec("c:tasks=caption,sampler=random")[1])  # one dataset: no stages
     assert c.train_dataloader.sampler == dict(type=EpochDefaultSampler, shuffle=True)
     with pytest.raises(SystemExit, match="both, seg or caption"):

@@ -491,3 +491,36 @@ def test_left_padded_mask_is_refused_when_the_model_expects_right_padding(model)
     with pytest.raises(ValueError, match=r"rows \[\d\] have a real token after a pad"):
         model.mllm(input_ids=batch["input_ids"], attention_mask=left, position_ids=batch["position_ids"],
                    pixel_values=batch["pixel_values"], num_tiles=batch["num_tiles"], prompt_masks=batch["prompt_masks"])
+
+
+def test_seg_grad_to_llm_scales_only_the_mask_gradient_into_the_llm(model):
+    """seg_grad_to_llm multiplies what the mask losses send into the LLM through the [SEG] states (0: none), while
+    text_hidden_fcs and the SAM2 decoder get the same gradient and the losses are unchanged."""
+    batch = collate([seg_sample(model, n_masks=2)], model.tokenizer.pad_token_id)
+
+    def mask_grads(scale):
+        model.seg_grad_to_llm = scale
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same uncertainty-sampled points
+        losses = model(batch, mode="loss")
+        (losses["loss_mask"] + losses["loss_dice"]).backward()
+        return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    try:
+        full_losses, full = mask_grads(1.0)
+        half_losses, half = mask_grads(0.5)
+        none_losses, none = mask_grads(0.0)
+    finally:
+        model.seg_grad_to_llm = 1.0
+    for k in ("loss_mask", "loss_dice"):
+        assert torch.equal(full_losses[k], half_losses[k]) and torch.equal(full_losses[k], none_losses[k]), k
+    after = [n for n in full if n.startswith(("text_hidden_fcs", "grounding_encoder"))]
+    before = [n for n in full if n not in after]  # the LLM's LoRA / new-token rows and the projector
+    assert after and any("lora_B" in n for n in before) and any("multi_modal_projector" in n for n in before)
+    for n in after:
+        torch.testing.assert_close(half[n], full[n])
+        torch.testing.assert_close(none[n], full[n])
+    assert any(full[n].abs().sum() > 0 for n in before)
+    for n in before:
+        torch.testing.assert_close(half[n], 0.5 * full[n])
+    assert not set(before) & set(none), "detached [SEG] states: no mask gradient reaches the LLM's side"

@@ -26,6 +26,28 @@ from ..tokenizer import SEG_TOKEN
 from .point_sampling import point_sample, uncertain_point_coords_with_randomness
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, with the gradient that flows back through it multiplied by ``scale`` (0: detached)."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return _ScaleGrad.apply(x, float(scale))
+
+
 def _build(cfg_or_module):
     return BUILDER.build(cfg_or_module) if isinstance(cfg_or_module, dict) else cfg_or_module
 
@@ -54,13 +76,19 @@ class VideoLLaVASAMModel(BaseModel):
             embeddings); a *randomly initialised* mask decoder then barely reacts to them (measured on the tiny
             learning-proof model: 5 % of the mask logits' spread depends on the prompt at gain 1, 25 % at 4,
             60 % at 16). 1.0 (the original) for pretrained SAM2 weights.
+        seg_grad_to_llm: multiply the gradient that the mask losses send into the LLM through the ``[SEG]``
+            hidden states (``text_hidden_fcs`` and SAM2 get theirs unscaled; the LM loss is untouched). 1.0 is
+            the original; 0.0 reads the states detached, so ``text_hidden_fcs`` and SAM2 learn on the LLM's
+            states as they are. An attribute, so a hook can change it during training
+            (:class:`~sa2va.engine.SegGradToLLMHook`).
     """
 
     def __init__(self, mllm, grounding_encoder, loss_mask=None, loss_dice=None, pretrained_pth=None,
                  loss_sample_points: bool = True, num_points: int = 12544, oversample_ratio: float = 3.0,
                  importance_sample_ratio: float = 0.75, num_objects_per_frame: int | None = None,
                  skip_seg_mask_mismatch: bool = False, frozen_sam2_decoder: bool = False,
-                 uniform_module_calls: bool = False, prompt_init_gain: float = 1.0, data_preprocessor=None):
+                 uniform_module_calls: bool = False, prompt_init_gain: float = 1.0, seg_grad_to_llm: float = 1.0,
+                 data_preprocessor=None):
         super().__init__(data_preprocessor=data_preprocessor)
         self.mllm = _build(mllm)
         self.grounding_encoder = _build(grounding_encoder)
@@ -88,6 +116,7 @@ class VideoLLaVASAMModel(BaseModel):
         self.skip_seg_mask_mismatch = skip_seg_mask_mismatch
         self.num_skipped_mismatch = 0
         self.uniform_module_calls = uniform_module_calls
+        self.seg_grad_to_llm = seg_grad_to_llm
         self.mllm.uniform_module_calls = uniform_module_calls
         if pretrained_pth is not None:
             self.load_pretrained(pretrained_pth)
@@ -201,7 +230,7 @@ class VideoLLaVASAMModel(BaseModel):
         if not prompt_rows:
             return None
         device = hidden.device
-        prompts = self.text_hidden_fcs(hidden[is_seg])  # [n_seg,C]: only the [SEG] positions, row-major
+        prompts = self.text_hidden_fcs(scale_grad(hidden[is_seg], self.seg_grad_to_llm))  # [n_seg,C], row-major
         if prompt_rows != list(range(prompts.shape[0])):  # skipped samples, or a fixed object number
             prompts = prompts.index_select(0, torch.tensor(prompt_rows, device=device))
         side = self.grounding_encoder.image_size // 4  # the mask decoder's low-res logits
