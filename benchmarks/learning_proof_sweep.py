@@ -10,6 +10,8 @@ A run is ``NAME:key=value,...``. Keys:
   iters=N   training iterations (the cosine schedule ends there)
   mask_weight=W      multiply both mask-loss weights (sigmoid-CE and Dice)
   decoder_lr_mult=M  learning-rate multiplier of the SAM2 mask decoder (mmengine paramwise_cfg custom_keys)
+  train_seconds=S    the training time limit (the config's TrainTimeLimitHook; a dotted max_train_seconds=S would
+            not reach the hook, whose value the config has already read)
   llm_seg_from=N     the mask losses train the LLM only from iteration N on (SegGradToLLMHook; before it they
             train text_hidden_fcs and SAM2 on detached [SEG] states)
   lr_mult.KEY=M      learning-rate multiplier of the parameters whose name contains KEY (e.g. text_hidden_fcs)
@@ -200,6 +202,11 @@ def variant_config(options: dict):
             loader.sampler = shuffled
     if "eval_items" in options:
         cfg.custom_hooks[0].max_items = int(options.pop("eval_items"))
+    if "train_seconds" in options:
+        limits = [h for h in cfg.custom_hooks if getattr(h.type, "__name__", h.type) == "TrainTimeLimitHook"]
+        if len(limits) != 1:
+            raise SystemExit(f"train_seconds: the config has {len(limits)} TrainTimeLimitHooks, expected 1")
+        limits[0].max_seconds = float(options.pop("train_seconds"))
     if "llm_seg_from" in options:
         cfg.custom_hooks.append(ConfigDict(type=_lazy(SegGradToLLMHook, "sa2va.engine"),
                                            start_iter=int(options.pop("llm_seg_from"))))

@@ -49,6 +49,7 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert c.prepare.internvl.vision_positions == "zeros" and c.randomness.seed == 3
     assert c.prepare.root == base.prepare.root + "_poszeros" and c.model.mllm.model_path.startswith(c.prepare.root)
     assert c.optim_wrapper.paramwise_cfg.custom_keys == dict(sam_mask_decoder=dict(lr_mult=0.1),
+                                                             language_model=dict(lr_mult=0.5),
                                                              text_hidden_fcs=dict(lr_mult=10.0))
     assert base.train_dataloader.sampler.type is TaskCurriculumSampler and base.train_dataloader.sampler.first_iters
     c = sweep.variant_config(sweep.parse_spec("g:batch=8,caption_first=0")[1])
@@ -69,7 +70,8 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert "sa2va.datasets.TaskCurriculumSampler" in c.pretty_text
     with pytest.raises(SystemExit, match="tasks=both"):  # one dataset: nothing to stage
         sweep.variant_config(dict(caption_first="5", tasks="seg"))
-    c = sweep.variant_config(sweep.parse_spec("l:llm_seg_from=900")[1])
+    c = sweep.variant_config(sweep.parse_spec("l:llm_seg_from=900,train_seconds=300")[1])
+    assert [h.max_seconds for h in c.custom_hooks if h.type.__name__ == "TrainTimeLimitHook"] == [300.0]
     assert c.custom_hooks[-1].start_iter == 900 and "sa2va.engine.SegGradToLLMHook" in c.pretty_text
     c = sweep.variant_config(sweep.parse_spec("c:tasks=caption,sampler=random")[1])  # one dataset: no stages
     assert c.train_dataloader.sampler == dict(type=EpochDefaultSampler, shuffle=True)
