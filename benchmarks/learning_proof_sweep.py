@@ -34,8 +34,8 @@ A run is ``NAME:key=value,...``. Keys:
             the [SEG] path's learning curve, logged as "teacher-forced val" lines and OUT/<name>/tf_eval.jsonl,
             with the share of objects segmented right / over-segmented / wrong / empty and the mean pixel
             precision and recall (which plateau a run sits on), per named colour and shape, how well the [SEG]
-            states tell the named colours apart, and whether they follow the question or the image
-            (TeacherForcedSegEval)
+            states tell the named colours (and shapes, places) apart, and whether they follow the question or
+            the image (TeacherForcedSegEval)
   anything else is a dotted config key (``optim_wrapper.optimizer.lr=1e-3``), as ``--cfg-options``.
 The runs train concurrently (one process each; the small model leaves the GPU mostly idle, so they share it; with
 several visible GPUs the runs are dealt round-robin, one GPU each), each
@@ -295,6 +295,8 @@ class TeacherForcedSegEval(Hook):
     over]). ``seg_state_colour`` / ``prompt_colour`` say how well the [SEG] hidden states and their projections
     (the SAM2 prompts) tell the named colours apart (:func:`colour_separability`; chance ~0.2): a run whose masks
     merge some colours shows whether the merge is already in the LLM's states or only after the projection.
+    ``seg_state_shape`` / ``seg_state_position`` do the same for the shape and the place (vertical + horizontal
+    word; chance ~0.2 / ~0.11) that the question names, where it names them: which words a state carries.
     ``seg_state_question_share`` (:func:`question_share`) says whether the [SEG] states follow the question or the
     image: the first ``question_pairs`` images (within ``max_items``) whose draws find a second ref are asked two
     of their different refs (the dataset's items of epochs 0 and 1-7, which draw refs anew), when the dataset takes
@@ -378,7 +380,7 @@ class TeacherForcedSegEval(Hook):
         metric = ReferSegMetric()
         outcomes, precision, recall = Counter(), [], []
         by_attribute = {attr: {} for attr in ("colour", "shape")}  # attr -> value -> Counter of outcomes
-        seg_states, colours = [], []  # the first [SEG] state of each item, the colour its question names
+        seg_states, named_per_state = [], []  # the first [SEG] state of each item, what its question names
         n = min(self.max_items, len(self.dataset))
         for start in range(0, n, self.batch_size):
             items = [self.dataset[i] for i in range(start, min(start + self.batch_size, n))]
@@ -387,11 +389,12 @@ class TeacherForcedSegEval(Hook):
                 pred = F.interpolate(pred[:, None].float(), size=gt.shape[-2:], mode="bilinear")[:, 0] > 0
                 # one question per item: the colour and shape it names (every refcocog sentence names both)
                 question = model.tokenizer.decode(data["input_ids"][i], skip_special_tokens=True).lower()
-                named = {attr: first_word(ATTRIBUTES[attr], question) for attr in by_attribute}
+                named = {attr: first_word(ATTRIBUTES[attr], question) for attr in ATTRIBUTES}
                 state = self._first_seg_state(model, data, predicted, i)
                 if state is not None:
                     seg_states.append(state)
-                    colours.append(named["colour"])
+                    named_per_state.append(named)
+                named = {attr: named[attr] for attr in by_attribute}
                 for k in range(gt.shape[0]):  # one [SEG] per object
                     kind, p, r = mask_outcome(metric.add(pred[k], gt[k], key=(start + i, k)))
                     outcomes[kind] += 1
@@ -403,10 +406,19 @@ class TeacherForcedSegEval(Hook):
         if len(seg_states) > 1:
             states = torch.stack(seg_states)
             prompts = model.text_hidden_fcs(states.to(next(model.text_hidden_fcs.parameters()).dtype))
+            colours = [named["colour"] for named in named_per_state]
             for key, vectors in (("seg_state_colour", states), ("prompt_colour", prompts)):
                 overall, per_colour = colour_separability(vectors.cpu(), colours)
                 separability[key] = overall
                 separability[key + "_by_colour"] = per_colour
+            # the question's other words: does a state that misses the colour carry the shape or the place?
+            others = dict(shape=[named["shape"] for named in named_per_state],
+                          position=[None if None in (named["vpos"], named["hpos"]) else
+                                    f"{named['vpos']} {named['hpos']}" for named in named_per_state])
+            for attr, labels in others.items():
+                overall, _ = colour_separability(states.cpu(), labels)
+                if overall == overall:  # NaN: no label asked twice
+                    separability[f"seg_state_{attr}"] = overall
         separability.update(self._question_share(model))
         model.train()
         objects = max(1, len(recall))

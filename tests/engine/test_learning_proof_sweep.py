@@ -163,6 +163,36 @@ def test_teacher_forced_eval_scores_ciou_of_the_predicted_masks(tmp_path, invert
     assert len(open(tmp_path / "tf_eval.jsonl").readlines()) == 1
 
 
+class _ShapeStates(_MaskEcho):
+    """[SEG] states that carry only the shape word of the question (crossed with colour and place)."""
+
+    words = {10: "red circle at the top left", 11: "blue circle at the bottom right",
+             12: "red star at the top left", 13: "blue star at the bottom right"}
+    tokenizer = SimpleNamespace(pad_token_id=0,
+                                decode=lambda ids, skip_special_tokens: "the " + _ShapeStates.words[int(ids[0])])
+
+    def predict_masks(self, data):
+        out = super().predict_masks(data)
+        seeds = [1 if "circle" in self.words[int(t)] else 2 for t in data["input_ids"][:, 0]]
+        states = torch.stack([torch.randn(2, generator=torch.Generator().manual_seed(k)) for k in seeds])
+        out["hidden_states"] = states[:, None].expand(-1, data["input_ids"].shape[1], -1)
+        return out
+
+
+def test_teacher_forced_eval_says_which_question_words_the_states_carry(tmp_path):
+    hook = sweep.TeacherForcedSegEval(dataset={}, interval=1, max_items=4, batch_size=4)
+    hook.dataset = []
+    for token in _ShapeStates.words:
+        item = _seg_item(0)
+        item["input_ids"] = torch.tensor([token, 6, 7])
+        hook.dataset.append(item)
+    runner = SimpleNamespace(model=_ShapeStates(), iter=0, work_dir=str(tmp_path),
+                             logger=MMLogger.get_instance("tf_eval_words_test"))
+    hook.after_train_iter(runner, 0)
+    (record,) = [json.loads(line) for line in open(tmp_path / "tf_eval.jsonl")]
+    assert (record["seg_state_shape"], record["seg_state_colour"], record["seg_state_position"]) == (1.0, 0.0, 0.0)
+
+
 def test_question_share_tells_question_driven_from_image_driven_states():
     g = torch.Generator().manual_seed(0)
     images, questions = torch.randn(6, 16, generator=g), torch.randn(2, 16, generator=g)
