@@ -524,3 +524,8 @@ def test_seg_grad_to_llm_scales_only_the_mask_gradient_into_the_llm(model):
     for n in before:
         torch.testing.assert_close(half[n], 0.5 * full[n])
     assert not set(before) & set(none), "detached [SEG] states: no mask gradient reaches the LLM's side"
+
+
+def test_negative_seg_grad_to_llm_is_refused(tiny_models):
+    with pytest.raises(ValueError, match="seg_grad_to_llm must be >= 0"):
+        BUILDER.build(model_config(tiny_models, seg_grad_to_llm=-1.0))

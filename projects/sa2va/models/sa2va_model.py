@@ -116,6 +116,8 @@ class VideoLLaVASAMModel(BaseModel):
         self.skip_seg_mask_mismatch = skip_seg_mask_mismatch
         self.num_skipped_mismatch = 0
         self.uniform_module_calls = uniform_module_calls
+        if seg_grad_to_llm < 0:
+            raise ValueError(f"seg_grad_to_llm must be >= 0 (0: no mask gradient into the LLM), got {seg_grad_to_llm}")
         self.seg_grad_to_llm = seg_grad_to_llm
         self.mllm.uniform_module_calls = uniform_module_calls
         if pretrained_pth is not None:
