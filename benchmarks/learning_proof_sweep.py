@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -394,14 +395,13 @@ class TeacherForcedSegEval(Hook):
                 if state is not None:
                     seg_states.append(state)
                     named_per_state.append(named)
-                named = {attr: named[attr] for attr in by_attribute}
                 for k in range(gt.shape[0]):  # one [SEG] per object
                     kind, p, r = mask_outcome(metric.add(pred[k], gt[k], key=(start + i, k)))
                     outcomes[kind] += 1
                     precision.append(p)
                     recall.append(r)
-                    for attr, value in named.items():
-                        by_attribute[attr].setdefault(value, Counter())[kind] += 1
+                    for attr, values in by_attribute.items():
+                        values.setdefault(named[attr], Counter())[kind] += 1
         separability = {}
         if len(seg_states) > 1:
             states = torch.stack(seg_states)
@@ -417,7 +417,7 @@ class TeacherForcedSegEval(Hook):
                                     f"{named['vpos']} {named['hpos']}" for named in named_per_state])
             for attr, labels in others.items():
                 overall, _ = colour_separability(states.cpu(), labels)
-                if overall == overall:  # NaN: no label asked twice
+                if not math.isnan(overall):  # NaN: no label asked twice
                     separability[f"seg_state_{attr}"] = overall
         separability.update(self._question_share(model))
         model.train()
