@@ -7,7 +7,8 @@ A batch of the learning proof holds one task (length-grouped batches, one sample
 split by task: caption batches have no mask loss (``loss_mask == 0``), segmentation batches do. Printed per run:
 the caption batches' LM loss per token and the segmentation batches' mask loss (sigmoid-CE + Dice, both weighted),
 as means over ``--window``-iteration windows, and the teacher-forced cIoU points. Runs whose teacher-forced records
-carry ``seg_state_colour`` (how well the [SEG] hidden states tell the named colours apart) get a fourth panel with it.
+carry ``seg_state_colour`` / ``seg_state_shape`` (how well the [SEG] hidden states tell the named colours / shape
+words apart) get a panel for each.
 """
 from __future__ import annotations
 
@@ -49,8 +50,14 @@ def main() -> None:
 
     runs = {osp.basename(osp.normpath(run)): (read_jsonl(osp.join(run, "losses.jsonl")),
                                                read_jsonl(osp.join(run, "tf_eval.jsonl"))) for run in args.runs}
-    separability = any("seg_state_colour" in r for _, tf in runs.values() for r in tf)
-    fig, axes = plt.subplots(1, 4 if separability else 3, figsize=(20 if separability else 15, 4))
+    # the [SEG]-state separability panels that the teacher-forced records carry: (field, title)
+    separability = [(field, title) for field, title in (
+        ("seg_state_colour", "[SEG] states: named colour told apart (chance ~0.17)"),
+        ("seg_state_shape", "[SEG] states: named shape told apart (chance ~0.2)"))
+        if any(field in r for _, tf in runs.values() for r in tf)]
+    if len(runs) > 10:  # the default cycle repeats after 10 colours
+        plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)
+    fig, axes = plt.subplots(1, 3 + len(separability), figsize=(5 * (3 + len(separability)), 4))
     for name, (losses, tf) in runs.items():
         windows = task_windows(losses, args.window)
         for task, values in windows.items():
@@ -61,18 +68,19 @@ def main() -> None:
                 ax.plot(*zip(*windows[task]), marker=".", label=name)
         if tf:
             axes[2].plot([r["iter"] for r in tf], [r["cIoU"] for r in tf], marker="o", label=name)
-        colour = [(r["iter"], r["seg_state_colour"]) for r in tf if "seg_state_colour" in r]
-        if colour:
-            print(f"{name} [SEG]-state colour separability: " + " ".join(f"{i}:{v:.2f}" for i, v in colour))
-            axes[3].plot(*zip(*colour), marker="o", label=name)
+        for ax, (field, _) in zip(axes[3:], separability):
+            points = [(r["iter"], r[field]) for r in tf if field in r]
+            if points:
+                print(f"{name} {field}: " + " ".join(f"{i}:{v:.2f}" for i, v in points))
+                ax.plot(*zip(*points), marker="o", label=name)
     titles = (f"caption batches: LM loss per token ({args.window}-it means)",
               f"segmentation batches: mask + Dice loss ({args.window}-it means)", "held-out cIoU, teacher-forced",
-              "[SEG] states: named colour told apart (chance ~0.17)")
+              *(title for _, title in separability))
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     axes[0].set_yscale("log")
     fig.tight_layout()
     fig.savefig(args.png, dpi=90)

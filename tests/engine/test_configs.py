@@ -59,7 +59,7 @@ def test_learning_proof_trains_everything_from_its_own_assets():
     assert c.param_scheduler[-1].end == c.train_cfg.max_iters
     # the measured choices: up to 3 questions per segmentation image and one region per caption sample (one
     # question per evaluated item), mask losses x25, the SAM2 decoder at lr x0.1 and x0.3 from iteration 1500, the
-    # LLM at x0.5, batch 64, the region captions (dataset 1) alone for the first 400 of 3000 iterations
+    # LLM at x0.25, batch 64, the region captions (dataset 1) alone for the first 400 of 3000 iterations
     seg, caption = c.train_dataloader.dataset.datasets
     assert (seg.num_classes_per_sample, caption.num_classes_per_sample) == (3, 1)
     assert hook.datasets.refcocog_val.num_classes_per_sample == 1
@@ -70,7 +70,7 @@ def test_learning_proof_trains_everything_from_its_own_assets():
     assert set(sampler) == {"type", "first_iters", "first_datasets", "batch_size", "sampler"}  # nothing merged in
     assert sampler.sampler.endless is True  # no empty worker pipeline at each of its short epochs
     assert c.optim_wrapper.paramwise_cfg.custom_keys.sam_mask_decoder.lr_mult == 0.1
-    assert c.optim_wrapper.paramwise_cfg.custom_keys.language_model.lr_mult == 0.5
+    assert c.optim_wrapper.paramwise_cfg.custom_keys.language_model.lr_mult == 0.25
     # an LLM init whose attention is not saturated, and SAM2's single-mask output (its IoU head is untrained)
     assert c.prepare.internvl.text_init_range == 0.05 and m.grounding_encoder.multimask_output is False
     assert m.prompt_init_gain == 4.0 and c.custom_hooks[1].max_seconds == 480

@@ -49,7 +49,7 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     assert c.prepare.internvl.vision_positions == "zeros" and c.randomness.seed == 3
     assert c.prepare.root == base.prepare.root + "_poszeros" and c.model.mllm.model_path.startswith(c.prepare.root)
     assert c.optim_wrapper.paramwise_cfg.custom_keys == dict(sam_mask_decoder=dict(lr_mult=0.1),
-                                                             language_model=dict(lr_mult=0.5),
+                                                             language_model=dict(lr_mult=base.llm_lr_mult),
                                                              text_hidden_fcs=dict(lr_mult=10.0))
     assert base.train_dataloader.sampler.type is TaskCurriculumSampler and base.train_dataloader.sampler.first_iters
     c = sweep.variant_config(sweep.parse_spec("g:batch=8,caption_first=0")[1])
@@ -353,15 +353,24 @@ def test_plot_runs_splits_the_losses_by_task(tmp_path, capsys):
     with mock.patch.object(sys, "argv", ["plot_runs.py", str(tmp_path / "out.png"), str(run), "--window", "4"]):
         plot_runs.main()
     assert (tmp_path / "out.png").stat().st_size > 0
-    assert "separability" not in capsys.readouterr().out  # no such records: three panels
-    # a run whose records say how well its [SEG] states tell the colours apart gets the fourth panel
+    assert "seg_state" not in capsys.readouterr().out  # no such records: three panels
+    # a run whose records say how well its [SEG] states tell the colours apart gets a fourth panel
     (run / "tf_eval.jsonl").write_text("".join(json.dumps(dict(iter=i, cIoU=0.5, items=2, seg_state_colour=v)) + "\n"
                                                for i, v in ((4, 0.2), (8, 0.95))))
     with mock.patch.object(sys, "argv", ["plot_runs.py", str(tmp_path / "out4.png"), str(run), "--window", "4"]):
         plot_runs.main()
-    assert "run [SEG]-state colour separability: 4:0.20 8:0.95" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "run seg_state_colour: 4:0.20 8:0.95" in out and "seg_state_shape" not in out
+    # ... and one with the shape words as well a fifth
+    (run / "tf_eval.jsonl").write_text("".join(json.dumps(dict(iter=i, cIoU=0.5, items=2, seg_state_colour=v,
+                                                               seg_state_shape=1 - v)) + "\n"
+                                               for i, v in ((4, 0.2), (8, 0.95))))
+    with mock.patch.object(sys, "argv", ["plot_runs.py", str(tmp_path / "out5.png"), str(run), "--window", "4"]):
+        plot_runs.main()
+    assert "run seg_state_shape: 4:0.80 8:0.05" in capsys.readouterr().out
     from PIL import Image
-    assert Image.open(tmp_path / "out4.png").width > Image.open(tmp_path / "out.png").width  # the fourth panel
+    widths = [Image.open(tmp_path / f).width for f in ("out.png", "out4.png", "out5.png")]
+    assert widths[0] < widths[1] < widths[2]  # one more panel each
 
 
 def test_colour_separability_tells_merged_colours_from_separate_ones():
