@@ -293,8 +293,11 @@ class TeacherForcedSegEval(Hook):
     segmented right, over-segmented (the target plus other shapes), wrong or missed, and empty, with the mean pixel
     precision and recall, which tell the "segment every shape" and "target plus one more" plateaus apart; and the
     same per colour and shape named in the question (``by_colour`` / ``by_shape``: [objects, share right, share
-    over]). ``seg_state_colour`` / ``prompt_colour`` say how well the [SEG] hidden states and their projections
-    (the SAM2 prompts) tell the named colours apart (:func:`colour_separability`; chance ~0.2): a run whose masks
+    over]), and per number of objects in the image with the named shape (``by_shape_count``: "1" / "2" / "3+",
+    from the dataset's instances file, all objects counted, referred to or not): a prompt that carries the shape
+    but not the colour is right where the shape is unique and over-segments where it repeats.
+    ``seg_state_colour`` / ``prompt_colour`` say how well the [SEG] hidden states and their projections (the SAM2
+    prompts) tell the named colours apart (:func:`colour_separability`; chance ~0.2): a run whose masks
     merge some colours shows whether the merge is already in the LLM's states or only after the projection.
     ``seg_state_shape`` / ``seg_state_position`` do the same for the shape and the place (vertical + horizontal
     word; chance ~0.2 / ~0.11) that the question names, where it names them: which words a state carries.
@@ -310,6 +313,7 @@ class TeacherForcedSegEval(Hook):
         self.dataset_cfg, self.interval, self.max_items, self.batch_size = dataset, interval, max_items, batch_size
         self.question_pairs = question_pairs
         self.dataset = None
+        self._categories = None  # image_id -> the category name of each object, read once
         self._pairs = None  # [(item, item of the same image with another question)], drawn once
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
@@ -329,6 +333,28 @@ class TeacherForcedSegEval(Hook):
         """Item ``i``'s first [SEG] hidden state [D] (float), None without a [SEG]."""
         is_seg = data["input_ids"][i] == model.seg_token_idx
         return predicted["hidden_states"][i][is_seg][0].float() if bool(is_seg.any()) else None
+
+    def _image_categories(self) -> dict:
+        """image_id -> the category name of every annotated object in the image (referred to or not), from the
+        dataset's COCO instances file; {} for a dataset without one."""
+        path = getattr(self.dataset, "ann_path", None)
+        if path is None or not os.path.isfile(path):
+            return {}
+        with open(path) as f:
+            instances = json.load(f)
+        names = {c["id"]: c["name"] for c in instances.get("categories", [])}
+        by_image = {}
+        for ann in instances.get("annotations", []):
+            by_image.setdefault(ann["image_id"], []).append(names.get(ann.get("category_id")))
+        return by_image
+
+    def _objects_like(self, index: int, shape: str | None) -> int:
+        """How many objects in item ``index``'s image are of category ``shape``; 0 when that is not known."""
+        records = getattr(self.dataset, "records", None)
+        if not records or shape is None:
+            return 0
+        image_id = records[index % len(records)]["image_id"]
+        return self._categories.get(image_id, []).count(shape)
 
     def _question_pairs(self) -> list:
         """Up to ``question_pairs`` (item, item of the same image asking about another ref): the second is the
@@ -376,11 +402,13 @@ class TeacherForcedSegEval(Hook):
 
         if self.dataset is None:
             self.dataset = BUILDER.build(self.dataset_cfg)
+        if self._categories is None:
+            self._categories = self._image_categories()
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         model.eval()
         metric = ReferSegMetric()
         outcomes, precision, recall = Counter(), [], []
-        by_attribute = {attr: {} for attr in ("colour", "shape")}  # attr -> value -> Counter of outcomes
+        by_attribute = {attr: {} for attr in ("colour", "shape", "shape_count")}  # attr -> value -> outcome Counter
         seg_states, named_per_state = [], []  # the first [SEG] state of each item, what its question names
         n = min(self.max_items, len(self.dataset))
         for start in range(0, n, self.batch_size):
@@ -391,6 +419,9 @@ class TeacherForcedSegEval(Hook):
                 # one question per item: the colour and shape it names (every refcocog sentence names both)
                 question = model.tokenizer.decode(data["input_ids"][i], skip_special_tokens=True).lower()
                 named = {attr: first_word(ATTRIBUTES[attr], question) for attr in ATTRIBUTES}
+                same_shape = self._objects_like(start + i, named["shape"])
+                groups = dict(colour=named["colour"], shape=named["shape"],
+                              shape_count=str(same_shape) if same_shape < 3 else "3+")
                 state = self._first_seg_state(model, data, predicted, i)
                 if state is not None:
                     seg_states.append(state)
@@ -401,7 +432,8 @@ class TeacherForcedSegEval(Hook):
                     precision.append(p)
                     recall.append(r)
                     for attr, values in by_attribute.items():
-                        values.setdefault(named[attr], Counter())[kind] += 1
+                        if attr != "shape_count" or same_shape:  # 0: the shape is not among the categories
+                            values.setdefault(groups[attr], Counter())[kind] += 1
         separability = {}
         if len(seg_states) > 1:
             states = torch.stack(seg_states)
@@ -425,11 +457,12 @@ class TeacherForcedSegEval(Hook):
         record = dict(iter=runner.iter + 1, cIoU=round(metric.compute()["cIoU"], 4), items=n,
                       outcomes={k: round(outcomes[k] / objects, 3) for k in MASK_OUTCOMES},
                       precision=round(sum(precision) / objects, 3), recall=round(sum(recall) / objects, 3),
-                      # per colour / shape named in the question: [objects, share right, share over-segmented]
+                      # per colour / shape named in the question and per number of objects of that shape in the
+                      # image: [objects, share right, share over-segmented]
                       **{f"by_{attr}": {str(v): [sum(c.values()), round(c["right"] / sum(c.values()), 2),
                                                  round(c["over"] / sum(c.values()), 2)]
                                         for v, c in sorted(values.items(), key=lambda kv: str(kv[0]))}
-                         for attr, values in by_attribute.items()}, **separability)
+                         for attr, values in by_attribute.items() if values}, **separability)
         runner.logger.info(f"teacher-forced val {json.dumps(record)}")
         with open(os.path.join(runner.work_dir, "tf_eval.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -163,6 +163,51 @@ def test_teacher_forced_eval_scores_ciou_of_the_predicted_masks(tmp_path, invert
     assert len(open(tmp_path / "tf_eval.jsonl").readlines()) == 1
 
 
+class _ReferLike(list):
+    """Items with the REFER dataset's ``records`` (one image each) and COCO ``ann_path``."""
+
+    def __init__(self, items, image_ids, ann_path):
+        super().__init__(items)
+        self.records = [dict(image_id=i) for i in image_ids]
+        self.ann_path = ann_path
+
+
+class _RightOnlyFor(_MaskEcho):
+    """The ground-truth mask for the items whose first token is ``token``, its complement for the others."""
+
+    def __init__(self, token):
+        super().__init__()
+        self.token = token
+
+    def predict_masks(self, data):
+        out = super().predict_masks(data)
+        out["pred_masks"] = [m if int(t) == self.token else -m for m, t in zip(out["pred_masks"],
+                                                                              data["input_ids"][:, 0])]
+        return out
+
+
+def test_teacher_forced_eval_splits_outcomes_by_how_often_the_named_shape_occurs(tmp_path):
+    # images 1-4; the questions (see _MaskEcho.words): 1 "red circle", 2 "red square", 3 "blue star", 4 "red circle"
+    shapes = {1: ["circle", "circle", "star"], 2: ["square", "circle"], 3: ["star", "star", "star", "square"],
+              4: ["square"]}  # image 4 has no circle: its question is not counted by shape occurrence
+    names = ["circle", "square", "star"]
+    anns = [dict(id=10 * i + j, image_id=i, category_id=names.index(s) + 1)
+            for i, objs in shapes.items() for j, s in enumerate(objs)]
+    (tmp_path / "instances.json").write_text(json.dumps(dict(
+        images=[dict(id=i) for i in shapes], annotations=anns,
+        categories=[dict(id=k + 1, name=n) for k, n in enumerate(names)])))
+    hook = sweep.TeacherForcedSegEval(dataset={}, interval=1, max_items=4, batch_size=3)
+    hook.dataset = _ReferLike([_seg_item(0), _seg_item(1), _seg_item(2), _seg_item(0)], [1, 2, 3, 4],
+                              str(tmp_path / "instances.json"))
+    runner = SimpleNamespace(model=_RightOnlyFor(token=6), iter=0, work_dir=str(tmp_path),
+                             logger=MMLogger.get_instance("tf_eval_shape_count_test"))
+    hook.after_train_iter(runner, 0)
+    (record,) = [json.loads(line) for line in open(tmp_path / "tf_eval.jsonl")]
+    # only the square (alone in its image) is segmented right; the circle occurs twice, the star three times
+    assert record["by_shape_count"] == {"1": [1, 1.0, 0.0], "2": [1, 0.0, 0.0], "3+": [1, 0.0, 0.0]}
+    assert record["by_shape"]["circle"] == [2, 0.0, 0.0]  # image 4's circle question is still scored
+
+
 class _ShapeStates(_MaskEcho):
     """[SEG] states that carry only the shape word of the question (crossed with colour and place)."""
 
