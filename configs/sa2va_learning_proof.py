@@ -59,10 +59,11 @@ with read_base():
 #   0.675 in the other two; caption exact match 0.882-0.925 in all 8. At half the lr 2 of 4 runs met the cIoU
 #   target at the end (0.890 / 0.882; 0.685 / 0.690 still rising), with the same seeds 13-16 that gave
 #   0.891 / 0.542 / 0.800 / 0.882 at a quarter; in the sixteenth session half the lr left the plateau in 4 of 5
-#   runs by teacher-forced cIoU, cut before their final evaluation. 6 of 8 is still not reliable: the two misses
-#   at x0.25 are runs whose [SEG] states came to carry the question's shape word
-#   (nearest-centroid 0.84-0.87) instead of its colour (0.15 / 0.67): shapes repeat within an image, colours do
-#   not, so a shape-bound prompt is right only for the objects whose shape is unique there;
+#   runs by teacher-forced cIoU, cut before their final evaluation. 6 of 8 is still not reliable: in the two
+#   misses at x0.25 the [SEG] states came to carry the question's shape word (nearest-centroid 0.83-0.87) more
+#   than its colour (0.15 / 0.67). Colours are distinct within an image, shapes repeat, so a shape-bound prompt
+#   is right only where the named shape is unique (56 % of the 200 held-out items of one draw; the worse miss
+#   got 57 % of its objects right); TeacherForcedSegEval's by_shape_count will show it directly;
 # - mask-loss weights x25. The mask losses reach the shared LLM much weaker than the LM loss (~1000x at gain 1,
 #   measured on the LLM weights), so they are scaled up; at x100 (with gain 4) they drown the captions instead:
 #   the captions named the region's colour at chance level (0.11-0.36) in 6 of 7 runs at x100, and 0.99-1.00 in
