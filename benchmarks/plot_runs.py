@@ -55,9 +55,10 @@ def main() -> None:
         ("seg_state_colour", "[SEG] states: named colour told apart (chance ~0.17)"),
         ("seg_state_shape", "[SEG] states: named shape told apart (chance ~0.2)"))
         if any(field in r for _, tf in runs.values() for r in tf)]
-    if len(runs) > 10:  # the default cycle repeats after 10 colours
-        plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)
     fig, axes = plt.subplots(1, 3 + len(separability), figsize=(5 * (3 + len(separability)), 4))
+    if len(runs) > 10:  # the default cycle repeats after 10 colours
+        for ax in axes:
+            ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     for name, (losses, tf) in runs.items():
         windows = task_windows(losses, args.window)
         for task, values in windows.items():
