@@ -419,9 +419,10 @@ class TeacherForcedSegEval(Hook):
                 # one question per item: the colour and shape it names (every refcocog sentence names both)
                 question = model.tokenizer.decode(data["input_ids"][i], skip_special_tokens=True).lower()
                 named = {attr: first_word(ATTRIBUTES[attr], question) for attr in ATTRIBUTES}
+                groups = dict(colour=named["colour"], shape=named["shape"])  # the groups this item's objects count in
                 same_shape = self._objects_like(start + i, named["shape"])
-                groups = dict(colour=named["colour"], shape=named["shape"],
-                              shape_count=str(same_shape) if same_shape < 3 else "3+")
+                if same_shape:  # 0: the shape is not among the image's categories (or they are unknown)
+                    groups["shape_count"] = str(same_shape) if same_shape < 3 else "3+"
                 state = self._first_seg_state(model, data, predicted, i)
                 if state is not None:
                     seg_states.append(state)
@@ -431,9 +432,8 @@ class TeacherForcedSegEval(Hook):
                     outcomes[kind] += 1
                     precision.append(p)
                     recall.append(r)
-                    for attr, values in by_attribute.items():
-                        if attr != "shape_count" or same_shape:  # 0: the shape is not among the categories
-                            values.setdefault(groups[attr], Counter())[kind] += 1
+                    for attr, value in groups.items():
+                        by_attribute[attr].setdefault(value, Counter())[kind] += 1
         separability = {}
         if len(seg_states) > 1:
             states = torch.stack(seg_states)
