@@ -62,7 +62,7 @@ with read_base():
 #   runs by teacher-forced cIoU, cut before their final evaluation. 6 of 8 is still not reliable: in the two
 #   misses at x0.25 the [SEG] states came to carry the question's shape word (nearest-centroid 0.83-0.87) more
 #   than its colour (0.15 / 0.67). Colours are distinct within an image, shapes repeat, so a shape-bound prompt
-#   is right only where the named shape is unique (56 % of the 200 held-out items of one draw; the worse miss
+#   is right only where the named shape is unique (55-57 % of the 200 held-out items in three draws; the worse miss
 #   got 57 % of its objects right); TeacherForcedSegEval's by_shape_count will show it directly;
 # - mask-loss weights x25. The mask losses reach the shared LLM much weaker than the LM loss (~1000x at gain 1,
 #   measured on the LLM weights), so they are scaled up; at x100 (with gain 4) they drown the captions instead:
