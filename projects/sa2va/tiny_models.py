@@ -84,10 +84,11 @@ def make_tiny_tokenizer(vocab_size: int = 600):
 def tiny_internvl_config(vocab_size: int, image_token_id: int, eos_token_id: int, pad_token_id: int,
                          image_size: int = 112, vision_hidden: int = 32, vision_layers: int = 2,
                          vision_heads: int = 2, text_hidden: int = 64, text_layers: int = 2, text_heads: int = 4,
-                         text_kv_heads: int = 2, text_init_range: float = 0.15):
+                         text_kv_heads: int = 2, text_init_range: float = 0.15, tie_word_embeddings: bool = False):
     """An InternVL config of the real architecture, shrunk. Default: 112-px tiles, patch 14 -> 16 tokens per tile,
     a 2-layer ViT of width 32 and a 2-layer Qwen2 of width 64; the sizes are arguments (the learning-proof model
-    is larger)."""
+    is larger). ``tie_word_embeddings``: lm_head shares the input embedding, as in the Qwen2.5-0.5B / -3B LLMs of
+    Sa2VA-1B / -4B."""
     from transformers import InternVLConfig, InternVLVisionConfig, Qwen2Config
 
     vision = InternVLVisionConfig(
@@ -99,7 +100,7 @@ def tiny_internvl_config(vocab_size: int, image_token_id: int, eos_token_id: int
     text = Qwen2Config(
         hidden_size=text_hidden, intermediate_size=2 * text_hidden, num_hidden_layers=text_layers,
         num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
-        vocab_size=vocab_size, max_position_embeddings=4096, tie_word_embeddings=False,
+        vocab_size=vocab_size, max_position_embeddings=4096, tie_word_embeddings=tie_word_embeddings,
         eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None,
         # a random head with the usual 0.02 init bounds the logits (|h| is fixed by the final RMSNorm), so a
         # frozen-head LoRA model could not fit anything; a wider init lets the tiny model learn like a real one
@@ -110,7 +111,7 @@ def tiny_internvl_config(vocab_size: int, image_token_id: int, eos_token_id: int
     return InternVLConfig(
         vision_config=vision, text_config=text, image_token_id=image_token_id, image_seq_length=tokens_per_tile,
         downsample_ratio=0.5, projector_hidden_act="gelu", vision_feature_layer=-1,
-        vision_feature_select_strategy="default", tie_word_embeddings=False,
+        vision_feature_select_strategy="default", tie_word_embeddings=tie_word_embeddings,
     )
 
 

@@ -62,6 +62,37 @@ def test_fused_adamw_matches_foreach():
     _assert_same_training(model, foreach, twin, fused)
 
 
+class _TiedNet(nn.Module):
+    """An embedding and an output head sharing one weight (tie_word_embeddings), the head under a decayed key."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.body = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.body(self.embed(ids)))
+
+
+def test_a_tied_weight_is_optimised_once_with_its_first_modules_options():
+    torch.manual_seed(0)
+    model = _TiedNet()
+    cfg = dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-2, weight_decay=0.1, fused=True),
+               paramwise_cfg=dict(custom_keys={"embed": dict(lr_mult=0.5), "head": dict(lr_mult=2.0)}),
+               constructor="MergedGroupsOptimWrapperConstructor")
+    wrapper = build_optim_wrapper(model, cfg)  # mmengine lists the shared weight under embed and under head
+    groups = wrapper.optimizer.param_groups
+    assert sorted(len(g["params"]) for g in groups) == [1, 2]  # embed(=head) x0.5 | body weight + bias
+    tied = next(g for g in groups if any(p is model.embed.weight for p in g["params"]))
+    assert tied["lr"] == 5e-3
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) == 3
+    before = model.embed.weight.detach().clone()
+    wrapper.update_params(model(torch.arange(10)).logsumexp(-1).mean())
+    assert model.head.weight is model.embed.weight and not torch.equal(before, model.embed.weight)
+
+
 class _Runner:
     """What GroupLrStepHook reads from an mmengine Runner."""
 

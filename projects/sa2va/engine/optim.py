@@ -22,6 +22,11 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     become one group, in order of first appearance: the updates are the same, the learning-rate schedulers act
     on each group's ``lr`` as before.
 
+    A tensor shared by two modules (an lm_head tied to the input embedding, as in the Qwen2.5 LLMs of Sa2VA-1B /
+    -4B) is listed by mmengine once per module, which torch's optimizers refuse ("some parameters appear in more
+    than one parameter group"); it is kept once, with the options of its first module (``named_parameters()``'
+    order, i.e. the embedding's).
+
     An optimizer state saved with per-tensor groups does not load into merged groups (the group count differs).
     """
 
@@ -31,13 +36,19 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         per_tensor: list[dict] = []
         super().add_params(per_tensor, module, prefix=prefix, **kwargs)
         merged: dict[tuple, dict] = {}
+        seen: set[int] = set()
         for group in per_tensor:
             options = tuple(sorted((k, v) for k, v in group.items() if k != "params"))
-            merged.setdefault(options, {**dict(options), "params": []})["params"].extend(group["params"])
+            kept = [p for p in group["params"] if id(p) not in seen]
+            seen.update(id(p) for p in kept)
+            if kept:
+                merged.setdefault(options, {**dict(options), "params": []})["params"].extend(kept)
         params.extend(merged.values())
+        shared = len(per_tensor) - len(seen)
         MMLogger.get_current_instance().info(
-            f"optimizer: {len(per_tensor)} parameter tensors in {len(merged)} groups "
-            f"({', '.join(str(len(g['params'])) for g in merged.values())} tensors)")
+            f"optimizer: {len(seen)} parameter tensors in {len(merged)} groups "
+            f"({', '.join(str(len(g['params'])) for g in merged.values())} tensors)"
+            + (f"; {shared} listed twice (shared by two modules) kept once" if shared else ""))
 
 
 @BUILDER.register_module()
