@@ -63,7 +63,11 @@ with read_base():
 #   misses at x0.25 the [SEG] states came to carry the question's shape word (nearest-centroid 0.83-0.87) more
 #   than its colour (0.15 / 0.67). Colours are distinct within an image, shapes repeat, so a shape-bound prompt
 #   is right only where the named shape is unique (55-57 % of the 200 held-out items in three draws; the worse miss
-#   got 57 % of its objects right); TeacherForcedSegEval's by_shape_count will show it directly;
+#   got 57 % of its objects right). Four more runs (eighteenth session, seeds 21-24): 0.666 / 0.891 / 0.890 / 0.719,
+#   so 8 of 12 pooled; these two misses merge some colours instead (right as often where the named shape is
+#   unique as where it is shared: TeacherForcedSegEval's by_shape_count, 75 / 74 % and 88 / 81 %). With the
+#   lm_head tied to the embedding (internvl.tie_word_embeddings=True) seeds 21 / 24 gave 0.890 / 0.772: two runs
+#   on another card, not adopted;
 # - mask-loss weights x25. The mask losses reach the shared LLM much weaker than the LM loss (~1000x at gain 1,
 #   measured on the LLM weights), so they are scaled up; at x100 (with gain 4) they drown the captions instead:
 #   the captions named the region's colour at chance level (0.11-0.36) in 6 of 7 runs at x100, and 0.99-1.00 in

@@ -87,8 +87,8 @@ def tiny_internvl_config(vocab_size: int, image_token_id: int, eos_token_id: int
                          text_kv_heads: int = 2, text_init_range: float = 0.15, tie_word_embeddings: bool = False):
     """An InternVL config of the real architecture, shrunk. Default: 112-px tiles, patch 14 -> 16 tokens per tile,
     a 2-layer ViT of width 32 and a 2-layer Qwen2 of width 64; the sizes are arguments (the learning-proof model
-    is larger). ``tie_word_embeddings``: lm_head shares the input embedding, as in the Qwen2.5-0.5B / -3B LLMs of
-    Sa2VA-1B / -4B."""
+    is larger). ``tie_word_embeddings``: lm_head shares the input embedding (as the Qwen2.5-0.5B / -3B releases
+    do; the InternVL and Sa2VA checkpoints built on them store a head of their own)."""
     from transformers import InternVLConfig, InternVLVisionConfig, Qwen2Config
 
     vision = InternVLVisionConfig(

@@ -379,6 +379,32 @@ def test_tiny_internvit_starts_with_sincos_positions(tmp_path):
         make_tiny_internvl(tmp_path / "bad", vision_positions="learned")
 
 
+def test_a_tied_lm_head_stays_tied_through_new_tokens_and_a_paramwise_optimizer_step(tiny_models, tmp_path):
+    """tie_word_embeddings=True (a tiny-model option of the learning-proof sweep): the new special tokens grow the
+    one shared matrix, and the learning proof's optimizer (paramwise lr multipliers, merged groups) trains it."""
+    from mmengine.optim import build_optim_wrapper
+
+    from sa2va.engine import MergedGroupsOptimWrapperConstructor
+    from sa2va.tiny_models import make_tiny_internvl
+
+    tied = dict(tiny_models, internvl=str(make_tiny_internvl(tmp_path / "tied", tie_word_embeddings=True)))
+    torch.manual_seed(0)
+    model = BUILDER.build(model_config(tied, lora=False, new_token_training="full"))
+    embed, head = model.mllm.hf_model.get_input_embeddings().weight, model.mllm.lm_head.weight
+    assert head is embed and embed.shape[0] == len(model.tokenizer)  # the [SEG] / region tokens included
+    wrapper = build_optim_wrapper(model, dict(
+        type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3, fused=True),
+        paramwise_cfg=dict(custom_keys={"language_model": dict(lr_mult=0.25)}),
+        constructor=MergedGroupsOptimWrapperConstructor))
+    owners = [g for g in wrapper.optimizer.param_groups if any(p is embed for p in g["params"])]
+    assert len(owners) == 1 and owners[0]["lr"] == 2.5e-4
+    before = embed.detach().clone()
+    losses = model(collate([seg_sample(model), caption_sample(model)], model.tokenizer.pad_token_id), mode="loss")
+    wrapper.update_params(sum(losses.values()))
+    assert model.mllm.lm_head.weight is model.mllm.hf_model.get_input_embeddings().weight
+    assert not torch.equal(before, embed)
+
+
 def test_prompt_init_gain_scales_the_initial_prompts(tiny_models):
     """prompt_init_gain multiplies text_hidden_fcs' last layer at build: the same seed gives prompts exactly
     gain x larger."""

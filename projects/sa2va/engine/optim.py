@@ -22,10 +22,10 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     become one group, in order of first appearance: the updates are the same, the learning-rate schedulers act
     on each group's ``lr`` as before.
 
-    A tensor shared by two modules (an lm_head tied to the input embedding, as in the Qwen2.5 LLMs of Sa2VA-1B /
-    -4B) is listed by mmengine once per module, which torch's optimizers refuse ("some parameters appear in more
-    than one parameter group"); it is kept once, with the options of its first module (``named_parameters()``'
-    order, i.e. the embedding's).
+    A tensor shared by two modules (an lm_head tied to the input embedding, ``tie_word_embeddings=True``) is
+    listed by mmengine once per module, which torch's optimizers refuse ("some parameters appear in more than one
+    parameter group"); it is kept once, with the options of its first module (``named_parameters()``' order,
+    i.e. the embedding's).
 
     An optimizer state saved with per-tensor groups does not load into merged groups (the group count differs).
     """
