@@ -17,8 +17,9 @@ A run is ``NAME:key=value,...``. Keys:
   lr_mult.KEY=M      learning-rate multiplier of the parameters whose name contains KEY (e.g. text_hidden_fcs)
   images=N  synthetic images in the asset set (its own asset directory; the refcocog splits keep their fractions)
   vit_pos=zeros|sincos  the tiny InternViT's initial position embeddings (own asset directory)
-  internvl.KEY=V     a size of the tiny InternVL (``make_tiny_models``' internvl dict, e.g. internvl.text_hidden=768,
-            internvl.text_init_range=0.035); its own asset directory
+  internvl.KEY=V     a size or option of the tiny InternVL (``make_tiny_models``' internvl dict, e.g.
+            internvl.text_hidden=768, internvl.text_init_range=0.035, internvl.tie_word_embeddings=True: lm_head
+            tied to the input embedding); its own asset directory
   sam2.KEY=V         a size of the tiny SAM2 (``make_tiny_sam2``: sam2.d_model=128, the decoder width, whose mask
             embedding has d_model/8 channels; sam2.embed_dim); its own asset directory
   seed=N    training seed (data order, new-token rows, text_hidden_fcs); the tiny models and data keep seed 0

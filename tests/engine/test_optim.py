@@ -63,7 +63,7 @@ def test_fused_adamw_matches_foreach():
 
 
 class _TiedNet(nn.Module):
-    """An embedding and an output head sharing one weight (tie_word_embeddings), the head under a decayed key."""
+    """An embedding and an output head sharing one weight (tie_word_embeddings), each with its own lr key."""
 
     def __init__(self):
         super().__init__()
