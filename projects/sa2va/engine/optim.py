@@ -37,14 +37,15 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         super().add_params(per_tensor, module, prefix=prefix, **kwargs)
         merged: dict[tuple, dict] = {}
         seen: set[int] = set()
+        shared = 0  # tensors listed again under a second module
         for group in per_tensor:
             options = tuple(sorted((k, v) for k, v in group.items() if k != "params"))
             kept = [p for p in group["params"] if id(p) not in seen]
             seen.update(id(p) for p in kept)
+            shared += len(group["params"]) - len(kept)
             if kept:
                 merged.setdefault(options, {**dict(options), "params": []})["params"].extend(kept)
         params.extend(merged.values())
-        shared = len(per_tensor) - len(seen)
         MMLogger.get_current_instance().info(
             f"optimizer: {len(seen)} parameter tensors in {len(merged)} groups "
             f"({', '.join(str(len(g['params'])) for g in merged.values())} tensors)"
