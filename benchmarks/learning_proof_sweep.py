@@ -399,13 +399,14 @@ class TeacherForcedSegEval(Hook):
     @torch.no_grad()
     def evaluate(self, runner) -> None:
         from sa2va import BUILDER
+        from sa2va.engine import unwrap_model
         from sa2va.evaluation import ReferSegMetric
 
         if self.dataset is None:
             self.dataset = BUILDER.build(self.dataset_cfg)
         if self._categories is None:
             self._categories = self._image_categories()
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model = unwrap_model(runner.model)
         model.eval()
         metric = ReferSegMetric()
         outcomes, precision, recall = Counter(), [], []

@@ -12,6 +12,7 @@ from mmengine.hooks import Hook
 from mmengine.utils import mkdir_or_exist
 
 from ..registry import BUILDER
+from .hooks import unwrap_model
 
 
 def _norm(text: str) -> str:
@@ -59,7 +60,7 @@ class ReferEvalHook(Hook):
         from ..evaluation.caption_eval import evaluate_region_captions
         from ..evaluation.refer_eval import evaluate_refer
 
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model = unwrap_model(runner.model)
         was_training = model.training
         model.eval()
         results = {}

@@ -9,8 +9,14 @@ from collections import Counter
 import torch
 from mmengine.dist import all_gather_object, all_reduce, get_world_size, is_main_process
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 
 from ..registry import BUILDER
+
+
+def unwrap_model(model):
+    """The model inside an mmengine model wrapper (DDP, FSDP, the DeepSpeed engine wrapper), else ``model``."""
+    return model.module if is_model_wrapper(model) else model
 
 
 def _unwrap_dataset(dataset):
@@ -198,7 +204,7 @@ class DatasetSummaryHook(Hook):
         counts: Counter = Counter()
         for rank_counts in all_gather_object(dict(self.issues)):  # every rank's batches
             counts.update(rank_counts)
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model = unwrap_model(runner.model)
         if getattr(model, "num_skipped_mismatch", 0):
             counts["model: [SEG]/mask count mismatch: skipped"] += model.num_skipped_mismatch
         if not counts:

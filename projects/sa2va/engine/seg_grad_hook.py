@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from ..registry import BUILDER
+from .hooks import unwrap_model
 
 
 @BUILDER.register_module()
@@ -28,7 +28,7 @@ class SegGradToLLMHook(Hook):
 
     @staticmethod
     def _model(runner):
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         if not hasattr(model, "seg_grad_to_llm"):
             raise TypeError(f"SegGradToLLMHook: {type(model).__name__} has no seg_grad_to_llm attribute "
                             f"(a VideoLLaVASAMModel has)")

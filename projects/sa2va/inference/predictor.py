@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.logging import MMLogger
+from mmengine.model import is_model_wrapper
 from PIL import Image
 
 from ..datasets.encoding import IGNORE_INDEX, encode_conversation, image_token_string, region_token_string
@@ -76,10 +77,6 @@ def as_pil_image(image) -> Image.Image:
     raise TypeError(f"image must be a PIL image, a path or a uint8 array, got {type(image).__name__}")
 
 
-def _unwrap(model):
-    return model.module if hasattr(model, "module") and not hasattr(model, "mllm") else model
-
-
 @contextlib.contextmanager
 def eval_mode(model):
     """Put ``model`` in eval mode and restore its previous mode afterwards (for evaluation during training)."""
@@ -109,7 +106,7 @@ class Sa2VAPredictor:
     def __init__(self, model, template="qwen_chat", max_new_tokens: int = 512, max_dynamic_patch: int = 12,
                  min_dynamic_patch: int = 1, use_thumbnail: bool = True, batch_size: int = 8, system: str = "",
                  logits_processor: Callable | None = None, resize_backend: str = "pil"):
-        self.model = _unwrap(model)
+        self.model = model.module if is_model_wrapper(model) else model  # DDP / DeepSpeed wrapper -> the model
         self.tokenizer = self.model.tokenizer
         self.template = get_template(template, tokenizer=self.tokenizer)
         self.max_new_tokens = int(max_new_tokens)
