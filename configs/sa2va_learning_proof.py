@@ -66,8 +66,10 @@ with read_base():
 #   got 57 % of its objects right). Four more runs (eighteenth session, seeds 21-24): 0.666 / 0.891 / 0.890 / 0.719,
 #   so 8 of 12 pooled; these two misses merge some colours instead (right as often where the named shape is
 #   unique as where it is shared: TeacherForcedSegEval's by_shape_count, 75 / 74 % and 88 / 81 %). With the
-#   lm_head tied to the embedding (internvl.tie_word_embeddings=True) seeds 21 / 24 gave 0.890 / 0.772: two runs
-#   on another card, not adopted;
+#   lm_head tied to the embedding (internvl.tie_word_embeddings=True) seeds 21 / 24 gave 0.890 / 0.772. Seeds
+#   25-28 (nineteenth session, 4x H200), shipped vs tied in the same call: 0.814 / 0.648 / 0.752 / 0.890 vs
+#   0.784 / 0.814 / 0.889 / 0.506, 3 of 4 each, so 11 of 16 pooled for the shipped config and no gain from the
+#   tied lm_head on unpicked seeds (not adopted);
 # - mask-loss weights x25. The mask losses reach the shared LLM much weaker than the LM loss (~1000x at gain 1,
 #   measured on the LLM weights), so they are scaled up; at x100 (with gain 4) they drown the captions instead:
 #   the captions named the region's colour at chance level (0.11-0.36) in 6 of 7 runs at x100, and 0.99-1.00 in
