@@ -125,3 +125,18 @@ def test_train_time_limit_stops_the_loop_once_the_budget_is_spent(monkeypatch, c
     assert caplog.text.count("stopping") == 1 and "iteration 4/1000" in caplog.text
     with pytest.raises(ValueError, match="max_seconds"):
         TrainTimeLimitHook(max_seconds=0)
+
+
+def test_unwrap_model_only_unwraps_registered_wrappers():
+    import torch
+
+    from sa2va.engine import unwrap_model
+
+    class HasModuleAttribute(torch.nn.Module):  # a model whose own attribute is called "module"
+        def __init__(self):
+            super().__init__()
+            self.module = torch.nn.Linear(2, 2)
+
+    model = HasModuleAttribute()
+    assert unwrap_model(model) is model
+    assert unwrap_model(torch.nn.DataParallel(model)) is model  # a wrapper in mmengine's MODEL_WRAPPERS
