@@ -3,6 +3,8 @@
     python benchmarks/learning_proof_sweep.py --out OUT \
         "tile224:ncls=1,iters=2500" "tile448:ncls=1,tile=448,iters=2500"
 
+(on the device tool's GPU machine, with the wheels and a time limit: ``benchmarks/gpu_learning_proof_sweep.sh``)
+
 A run is ``NAME:key=value,...``. Keys:
   ncls=N    num_classes_per_sample of every dataset (questions / regions per training sample)
   tile=S    InternVL tile size (also the thumbnail that region prompts are gridded on: S/28 cells a side);
