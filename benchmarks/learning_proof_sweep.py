@@ -9,7 +9,8 @@ A run is ``NAME:key=value,...``. Keys:
   ncls=N    num_classes_per_sample of every dataset (questions / regions per training sample)
   tile=S    InternVL tile size (also the thumbnail that region prompts are gridded on: S/28 cells a side);
             its own asset directory, since the tiny InternVL is made for that size
-  iters=N   training iterations (the cosine schedule ends there)
+  iters=N   training iterations (the cosine schedule ends there; at or below the warm-up's length the warm-up
+            becomes a tenth of N)
   mask_weight=W      multiply both mask-loss weights (sigmoid-CE and Dice)
   decoder_lr_mult=M  learning-rate multiplier of the SAM2 mask decoder (mmengine paramwise_cfg custom_keys)
   train_seconds=S    the training time limit (the config's TrainTimeLimitHook; a dotted max_train_seconds=S would
@@ -168,6 +169,9 @@ def variant_config(options: dict):
         iters = int(options.pop("iters"))
         cfg.train_cfg.max_iters = iters
         cfg.param_scheduler[-1].end = iters
+        warmup = cfg.param_scheduler[0].end
+        if iters <= warmup:  # a short check run: warm up for a tenth of it, so the cosine still has a span
+            cfg.param_scheduler[0].end = cfg.param_scheduler[-1].begin = max(1, iters // 10)
     if "mask_weight" in options:
         w = float(options.pop("mask_weight"))
         cfg.model.loss_mask.loss_weight *= w

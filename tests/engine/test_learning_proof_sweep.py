@@ -32,6 +32,9 @@ def test_variant_options_reach_every_dataset_and_the_asset_root():
     for d in list(c.train_dataloader.dataset.datasets) + [hook.datasets.refcocog_val]:
         assert d.tile_size == 448 and d.num_classes_per_sample == 2 and d.data_root.startswith(root)
     assert c.train_cfg.max_iters == 500 and c.param_scheduler[-1].end == 500
+    assert c.param_scheduler[0].end == c.param_scheduler[-1].begin == base.param_scheduler[0].end  # warm-up kept
+    short = sweep.variant_config(sweep.parse_spec("s:iters=20")[1])  # shorter than the warm-up
+    assert [(p.begin, p.end) for p in short.param_scheduler] == [(0, 2), (2, 20)]
     assert c.model.loss_mask.loss_weight == pytest.approx(3 * base.model.loss_mask.loss_weight)
     assert c.optim_wrapper.paramwise_cfg.custom_keys.sam_mask_decoder.lr_mult == 0.5
     assert c.optim_wrapper.optimizer.lr == pytest.approx(1e-3)
