@@ -539,7 +539,8 @@ def summarise(name: str, run_dir: str, log: str) -> dict:
         out["last_logged_iter"] = int(trained[-1])
     times = [float(t) for t in re.findall(r"Iter\(train\).*?\btime: ([0-9.]+)", text)]
     if times:
-        out["s_per_iter"] = round(sum(times[1:]) / max(len(times) - 1, 1), 4)
+        steady = times[1:] or times  # the first log line includes the start-up
+        out["s_per_iter"] = round(sum(steady) / len(steady), 4)
     tf = os.path.join(run_dir, "tf_eval.jsonl")
     if os.path.exists(tf):
         out["teacher_forced_cIoU"] = [json.loads(line) for line in open(tf)]

@@ -383,6 +383,9 @@ def test_summarise_of_a_stopped_run_keeps_its_teacher_forced_curve(tmp_path):
     out = sweep.summarise("r", str(tmp_path), str(tmp_path / "train.log"))
     assert out["last_logged_iter"] == 1150 and "iter" not in out
     assert out["teacher_forced_cIoU"] == [dict(iter=975, cIoU=0.7, items=200)] and out["s_per_iter"] == 0.31
+    (tmp_path / "train.log").write_text(  # one log line: its own time, not 0
+        "11/27 09:18:22 - mmengine - INFO - Iter(train) [  10/10]  lr: 1e-4  time: 0.3300  data_time: 0.07\n")
+    assert sweep.summarise("r", str(tmp_path), str(tmp_path / "train.log"))["s_per_iter"] == 0.33
 
 
 def test_plot_runs_splits_the_losses_by_task(tmp_path, capsys):
