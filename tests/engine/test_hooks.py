@@ -140,3 +140,14 @@ def test_unwrap_model_only_unwraps_registered_wrappers():
     model = HasModuleAttribute()
     assert unwrap_model(model) is model
     assert unwrap_model(torch.nn.DataParallel(model)) is model  # a wrapper in mmengine's MODEL_WRAPPERS
+
+
+def test_unwrap_model_reaches_the_model_inside_mmengine_deepspeed_wrapper():
+    import torch
+    from mmengine._strategy.deepspeed import MMDeepSpeedEngineWrapper
+
+    from sa2va.engine import unwrap_model
+
+    model = torch.nn.Linear(2, 2)
+    engine = SimpleNamespace(module=model)  # a DeepSpeedEngine keeps the model as .module
+    assert unwrap_model(MMDeepSpeedEngineWrapper(model=engine)) is model
