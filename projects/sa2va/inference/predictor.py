@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.logging import MMLogger
-from mmengine.model import is_model_wrapper
 from PIL import Image
 
 from ..datasets.encoding import IGNORE_INDEX, encode_conversation, image_token_string, region_token_string
@@ -106,7 +105,12 @@ class Sa2VAPredictor:
     def __init__(self, model, template="qwen_chat", max_new_tokens: int = 512, max_dynamic_patch: int = 12,
                  min_dynamic_patch: int = 1, use_thumbnail: bool = True, batch_size: int = 8, system: str = "",
                  logits_processor: Callable | None = None, resize_backend: str = "pil"):
-        self.model = model.module if is_model_wrapper(model) else model  # DDP / DeepSpeed wrapper -> the model
+        # DDP / DeepSpeed wrapper -> the model: sa2va.engine.unwrap_model's check, imported here because sa2va.engine
+        # loads DeepSpeed and mmengine.model adds ~4 s to this module's import; a VideoLLaVASAMModel is an mmengine
+        # BaseModel, so mmengine.model is loaded by the time a model reaches this line
+        from mmengine.model import is_model_wrapper
+
+        self.model = model.module if is_model_wrapper(model) else model
         self.tokenizer = self.model.tokenizer
         self.template = get_template(template, tokenizer=self.tokenizer)
         self.max_new_tokens = int(max_new_tokens)
